@@ -1,0 +1,167 @@
+"""Configuration of PathFLIP, a composite config in the style of BLIP-2 and CLIP."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import AutoConfig, Blip2QFormerConfig, PretrainedConfig
+
+TEXT_POOLING_MODES = ("cls", "mean")
+REGION_NEGATIVE_MODES = ("all", "one_per_slide")
+
+PAPER_QFORMER_CONFIG = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "cross_attention_frequency": 2,
+}
+
+
+def _build_sub_config(value: Any, default_model_type: str, **defaults: Any) -> PretrainedConfig:
+    """Turn a dict, a config object or ``None`` into a config (``AutoConfig`` dispatch on ``model_type``)."""
+    if isinstance(value, PretrainedConfig):
+        return value
+    values = {**defaults, **(value or {})}
+    model_type = values.pop("model_type", default_model_type)
+    return AutoConfig.for_model(model_type, **values)
+
+
+class PathFLIPConfig(PretrainedConfig):
+    r"""Configuration of [`PathFLIPModel`]; the defaults reproduce the paper (DESIGN §4).
+
+    Args:
+        qformer_config (`dict` or `Blip2QFormerConfig`, *optional*):
+            The Q-Former shared by the slide and region paths. Its `encoder_hidden_size` must equal
+            `patch_projection_dim` (it is filled in when missing).
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Any `AutoConfig` of a BERT-like encoder (default: BERT-base shape, random weights).
+        patch_dim (`int`): dimension D of the frozen patch-encoder features (512 for CONCH).
+        patch_projection_dim (`int`): width of the patch projector (Q-Former cross-attention input).
+        num_query_tokens (`int`): learnable query tokens of the Q-Former.
+        region_grid_size (`int`): a region is `region_grid_size x region_grid_size` patches (16 -> 4096 px
+            at 256-px patches).
+        region_chunk_size (`int`): regions encoded per Q-Former call; bounds memory for any slide size.
+        context_layers, context_heads, context_intermediate_size, context_dropout:
+            the transformer over [slide; regions] tokens.
+        embed_dim (`int`): joint slide/region/text embedding width.
+        text_pooling (`str`): "cls" or "mean" pooling of the text tower.
+        num_subcaptions (`int`): K, subcaptions per slide in the region loss.
+        tra_heads (`int`): heads of the Text-Region Attention.
+        use_text_region_attention (`bool`): ablation; `False` replaces TRA by mean pooling of regions.
+        use_slide_loss, use_region_loss (`bool`): ablation switches for the two losses.
+        slide_loss_weight, region_loss_weight (`float`): weights of the two losses.
+        logit_scale_init_value (`float`): initial log inverse temperature of the slide loss (ln 1/0.07).
+        logit_scale_max (`float`): clamp of the exponentiated slide logit scale.
+        label_smoothing (`float`): label smoothing of the slide InfoNCE (paper: 0.1).
+        region_logit_scale_init_value (`float`): initial log scale s of the region sigmoid loss (ln 10).
+        region_logit_bias_init_value (`float`): initial bias b of the region sigmoid loss.
+        region_negatives (`str`): "all" subcaptions of other slides, or "one_per_slide" (v1).
+        initializer_range (`float`): std of the normal initialisation.
+    """
+
+    model_type = "pathflip"
+    sub_configs = {"qformer_config": Blip2QFormerConfig, "text_config": AutoConfig}
+    keys_to_ignore_at_inference = ["logits_per_slide", "logits_per_text"]
+
+    def __init__(
+        self,
+        qformer_config: dict | PretrainedConfig | None = None,
+        text_config: dict | PretrainedConfig | None = None,
+        patch_dim: int = 512,
+        patch_projection_dim: int = 256,
+        num_query_tokens: int = 8,
+        region_grid_size: int = 16,
+        region_chunk_size: int = 64,
+        context_layers: int = 2,
+        context_heads: int = 8,
+        context_intermediate_size: int = 1024,
+        context_dropout: float = 0.1,
+        embed_dim: int = 256,
+        text_pooling: str = "cls",
+        num_subcaptions: int = 8,
+        tra_heads: int = 8,
+        use_text_region_attention: bool = True,
+        use_slide_loss: bool = True,
+        use_region_loss: bool = True,
+        slide_loss_weight: float = 1.0,
+        region_loss_weight: float = 1.0,
+        logit_scale_init_value: float = math.log(1 / 0.07),
+        logit_scale_max: float = 100.0,
+        label_smoothing: float = 0.1,
+        region_logit_scale_init_value: float = math.log(10.0),
+        region_logit_bias_init_value: float = -10.0,
+        region_negatives: str = "all",
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ):
+        qformer_defaults = {**PAPER_QFORMER_CONFIG, "encoder_hidden_size": patch_projection_dim}
+        if isinstance(qformer_config, dict):
+            qformer_config = Blip2QFormerConfig(**{**qformer_defaults, **qformer_config})
+        self.qformer_config = qformer_config or Blip2QFormerConfig(**qformer_defaults)
+        self.text_config = _build_sub_config(text_config, "bert")
+
+        self.patch_dim = patch_dim
+        self.patch_projection_dim = patch_projection_dim
+        self.num_query_tokens = num_query_tokens
+        self.region_grid_size = region_grid_size
+        self.region_chunk_size = region_chunk_size
+        self.context_layers = context_layers
+        self.context_heads = context_heads
+        self.context_intermediate_size = context_intermediate_size
+        self.context_dropout = context_dropout
+        self.embed_dim = embed_dim
+        self.text_pooling = text_pooling
+        self.num_subcaptions = num_subcaptions
+        self.tra_heads = tra_heads
+        self.use_text_region_attention = use_text_region_attention
+        self.use_slide_loss = use_slide_loss
+        self.use_region_loss = use_region_loss
+        self.slide_loss_weight = slide_loss_weight
+        self.region_loss_weight = region_loss_weight
+        self.logit_scale_init_value = logit_scale_init_value
+        self.logit_scale_max = logit_scale_max
+        self.label_smoothing = label_smoothing
+        self.region_logit_scale_init_value = region_logit_scale_init_value
+        self.region_logit_bias_init_value = region_logit_bias_init_value
+        self.region_negatives = region_negatives
+        self.initializer_range = initializer_range
+        self._validate()
+        super().__init__(**kwargs)
+
+    def _validate(self) -> None:
+        """Raise `ValueError` on values that cannot build a working model."""
+        positive = (
+            "patch_dim", "patch_projection_dim", "num_query_tokens", "region_grid_size", "region_chunk_size",
+            "context_heads", "context_intermediate_size", "embed_dim", "num_subcaptions", "tra_heads",
+        )  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"PathFLIPConfig.{name} must be a positive integer, got {value!r}.")
+        if self.context_layers < 0:
+            raise ValueError(f"PathFLIPConfig.context_layers must be >= 0, got {self.context_layers}.")
+        if self.qformer_config.encoder_hidden_size != self.patch_projection_dim:
+            raise ValueError(
+                f"qformer_config.encoder_hidden_size ({self.qformer_config.encoder_hidden_size}) must equal "
+                f"patch_projection_dim ({self.patch_projection_dim}): the Q-Former cross-attends to projected "
+                "patches. Leave encoder_hidden_size out of qformer_config to have it filled in."
+            )
+        for name in ("context_heads", "tra_heads"):
+            if self.embed_dim % getattr(self, name):
+                raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by {name} ({getattr(self, name)}).")
+        if self.text_pooling not in TEXT_POOLING_MODES:
+            raise ValueError(f"text_pooling must be one of {TEXT_POOLING_MODES}, got {self.text_pooling!r}.")
+        if self.region_negatives not in REGION_NEGATIVE_MODES:
+            raise ValueError(
+                f"region_negatives must be one of {REGION_NEGATIVE_MODES}, got {self.region_negatives!r}."
+            )
+        if not (self.use_slide_loss or self.use_region_loss):
+            raise ValueError("At least one of use_slide_loss and use_region_loss must be True.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if not 0.0 <= self.context_dropout < 1.0:
+            raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}.")
+        if self.logit_scale_max <= 0:
+            raise ValueError(f"logit_scale_max must be > 0, got {self.logit_scale_max}.")

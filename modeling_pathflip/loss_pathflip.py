@@ -1,0 +1,116 @@
+"""The two PathFLIP losses (DESIGN §5), with negatives gathered across processes.
+
+Both follow open_clip's "local loss with gathered features": each process scores its local rows
+against the global batch and keeps gradients for every shard through an autograd-aware all-gather,
+so the mean over processes equals the single-process loss of the whole global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+TextRegionAttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def distributed_world() -> tuple[int, int]:
+    """Return ``(rank, world_size)``; ``(0, 1)`` when `torch.distributed` is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all processes along dim 0, keeping gradients for every shard."""
+    _, world_size = distributed_world()
+    if world_size == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def slide_caption_contrastive_loss(
+    slide_embeds: torch.Tensor,
+    caption_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between slides and their captions over the global batch.
+
+    Args:
+        slide_embeds: ``[B, E]`` local slide embeddings (any norm).
+        caption_embeds: ``[B, E]`` local caption embeddings, row-aligned with the slides.
+        logit_scale: exponentiated inverse temperature (a scalar tensor).
+        label_smoothing: label smoothing of both cross-entropies.
+    """
+    rank, _ = distributed_world()
+    slides = F.normalize(slide_embeds, dim=-1)
+    captions = F.normalize(caption_embeds, dim=-1)
+    all_slides = gather_with_grad(slides)
+    all_captions = gather_with_grad(captions)
+    targets = torch.arange(slides.shape[0], device=slides.device) + rank * slides.shape[0]
+    slide_to_text = logit_scale * slides @ all_captions.T
+    text_to_slide = logit_scale * captions @ all_slides.T
+    return 0.5 * (
+        F.cross_entropy(slide_to_text, targets, label_smoothing=label_smoothing)
+        + F.cross_entropy(text_to_slide, targets, label_smoothing=label_smoothing)
+    )
+
+
+def region_subcaption_sigmoid_loss(
+    region_embeds: torch.Tensor,
+    region_attention_mask: torch.Tensor,
+    subcaption_embeds: torch.Tensor,
+    text_region_attention: TextRegionAttentionFn,
+    log_scale: torch.Tensor,
+    bias: torch.Tensor,
+    negatives: str = "all",
+) -> torch.Tensor:
+    """FLAIR-style sigmoid loss between text-conditioned region embeddings and subcaptions.
+
+    For slide i, each candidate subcaption c attends over the slide's regions (u_ic = TRA(t_c, r_i)) and
+    is scored with ``exp(log_scale) * cos(u_ic, t_c) + bias``; the slide's own K subcaptions are
+    positives, subcaptions of the other slides of the global batch negatives.
+
+    Args:
+        region_embeds: ``[B, L, E]`` local region embeddings.
+        region_attention_mask: ``[B, L]`` 1 for real regions.
+        subcaption_embeds: ``[B, K, E]`` local subcaption embeddings.
+        text_region_attention: ``(text [B, C, E], regions, mask) -> (u [B, C, E], weights)``.
+        log_scale: learnable log scale s.
+        bias: learnable bias b.
+        negatives: ``"all"`` subcaptions of every other slide, or ``"one_per_slide"`` (one random
+            subcaption of each other slide, as in the authors' v1 code).
+    """
+    rank, _ = distributed_world()
+    batch, num_sub, dim = subcaption_embeds.shape
+    all_subcaptions = gather_with_grad(subcaption_embeds)  # [G, K, E]
+    global_batch = all_subcaptions.shape[0]
+    own_slide = torch.arange(batch, device=region_embeds.device) + rank * batch  # global index of local slides
+
+    if negatives == "all":
+        candidates = all_subcaptions.reshape(1, global_batch * num_sub, dim).expand(batch, -1, -1)
+        owner = torch.arange(global_batch, device=region_embeds.device).repeat_interleave(num_sub)
+        labels = torch.where(owner[None, :] == own_slide[:, None], 1.0, -1.0)
+        weights = torch.ones_like(labels)
+    elif negatives == "one_per_slide":
+        pick = torch.randint(num_sub, (global_batch,), device=region_embeds.device)
+        one_each = all_subcaptions[torch.arange(global_batch, device=pick.device), pick]  # [G, E]
+        candidates = torch.cat([subcaption_embeds, one_each[None].expand(batch, -1, -1)], dim=1)
+        labels = torch.cat([torch.ones(batch, num_sub), -torch.ones(batch, global_batch)], dim=1)
+        labels = labels.to(region_embeds.device)
+        # A slide's own pick is neither a positive nor a negative: leave it out of the mean.
+        not_self = torch.arange(global_batch, device=pick.device)[None, :] != own_slide[:, None]
+        weights = torch.cat([torch.ones(batch, num_sub, device=pick.device), not_self.float()], dim=1)
+    else:
+        raise ValueError(f"Unknown region_negatives {negatives!r}; use 'all' or 'one_per_slide'.")
+
+    conditioned, _ = text_region_attention(candidates, region_embeds, region_attention_mask)
+    cosine = F.cosine_similarity(conditioned, candidates, dim=-1)
+    logits = log_scale.exp() * cosine + bias
+    losses = -F.logsigmoid(labels * logits)
+    return (losses * weights).sum() / weights.sum()

@@ -1,0 +1,404 @@
+"""PathFLIP: fine-grained language-image pretraining for whole slide images (DESIGN §4-§6).
+
+A bag of frozen patch features is projected, grouped into 4096-px regions (the processor builds the
+region index from coordinates), and read by one Q-Former twice: over all patches (slide token) and
+over the patches of each region (region tokens). A small transformer contextualises
+[slide; regions]. Captions align with the slide embedding (InfoNCE); subcaptions attend over the
+regions through the Text-Region Attention and align with the resulting text-conditioned region
+embeddings (sigmoid loss). Attention weights of that step, composed with the Q-Former's
+region->patch attention, ground any sentence in the slide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, Blip2QFormerModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_pathflip import PathFLIPConfig
+from .loss_pathflip import region_subcaption_sigmoid_loss, slide_caption_contrastive_loss
+
+
+@dataclass
+class PathFLIPSlideOutput(ModelOutput):
+    """Slide and region embeddings of a batch of bags.
+
+    Args:
+        slide_embeds: ``[B, E]`` slide embedding v (context token 0).
+        region_embeds: ``[B, L, E]`` region embeddings r_l (zero for padded regions).
+        region_attention_mask: ``[B, L]`` 1 for real regions.
+        region_patch_weights: ``[B, L, P]`` Region Q-Former attention over each region's patches (last
+            cross-attention layer, mean over heads and queries); only when requested.
+    """
+
+    slide_embeds: torch.FloatTensor | None = None
+    region_embeds: torch.FloatTensor | None = None
+    region_attention_mask: torch.LongTensor | None = None
+    region_patch_weights: torch.FloatTensor | None = None
+
+
+@dataclass
+class PathFLIPGroundingOutput(ModelOutput):
+    """Text grounding of a batch of bags (DESIGN §6).
+
+    Args:
+        patch_scores: ``[B, T, N]`` score of each patch row for each text (0 on padding).
+        region_scores: ``[B, T, L]`` Text-Region Attention weights of each text over the regions.
+        region_patch_weights: ``[B, L, P]`` weights of each region's patches.
+    """
+
+    patch_scores: torch.FloatTensor | None = None
+    region_scores: torch.FloatTensor | None = None
+    region_patch_weights: torch.FloatTensor | None = None
+
+
+@dataclass
+class PathFLIPOutput(ModelOutput):
+    """Output of [`PathFLIPModel.forward`].
+
+    Args:
+        loss: weighted sum of the enabled losses (when a loss was requested).
+        loss_slide: slide-caption InfoNCE.
+        loss_region: region-subcaption sigmoid loss.
+        logits_per_slide: ``[B, B]`` scaled cosine similarity of slides (rows) to captions.
+        logits_per_text: ``[B, B]`` its transpose.
+        slide_embeds, text_embeds: ``[B, E]`` slide and caption embeddings.
+        region_embeds: ``[B, L, E]``; region_attention_mask: ``[B, L]``.
+        subcaption_embeds: ``[B, K, E]`` subcaption embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_slide: torch.FloatTensor | None = None
+    loss_region: torch.FloatTensor | None = None
+    logits_per_slide: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    slide_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    region_embeds: torch.FloatTensor | None = None
+    region_attention_mask: torch.LongTensor | None = None
+    subcaption_embeds: torch.FloatTensor | None = None
+
+
+class PathFLIPTextRegionAttention(nn.Module):
+    """Text-Region Attention: texts (queries) attend over a slide's regions (keys and values)."""
+
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.query = nn.Linear(embed_dim, embed_dim)
+        self.key = nn.Linear(embed_dim, embed_dim)
+        self.value = nn.Linear(embed_dim, embed_dim)
+        self.attention = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+
+    def forward(
+        self, text_embeds: torch.Tensor, region_embeds: torch.Tensor, region_attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return text-conditioned region embeddings ``[B, C, E]`` and head-averaged weights ``[B, C, L]``."""
+        conditioned, weights = self.attention(
+            self.query(text_embeds),
+            self.key(region_embeds),
+            self.value(region_embeds),
+            key_padding_mask=~region_attention_mask.bool(),
+            need_weights=True,
+            average_attn_weights=True,
+        )
+        return conditioned, weights
+
+
+def mean_region_pooling(
+    text_embeds: torch.Tensor, region_embeds: torch.Tensor, region_attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ablation of the Text-Region Attention: every text gets the mean of the slide's regions."""
+    mask = region_attention_mask.to(region_embeds.dtype)
+    weights = mask / mask.sum(-1, keepdim=True).clamp(min=1)
+    pooled = torch.einsum("bl,ble->be", weights, region_embeds)
+    num_texts = text_embeds.shape[1]
+    return pooled[:, None].expand(-1, num_texts, -1), weights[:, None].expand(-1, num_texts, -1)
+
+
+class PathFLIPPreTrainedModel(PreTrainedModel):
+    config_class = PathFLIPConfig
+    base_model_prefix = "pathflip"
+    main_input_name = "patch_features"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Blip2QFormerLayer", "TransformerEncoderLayer"]
+    # Contrastive losses are means over the batch: never rescale them by a token count.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, PathFLIPModel):
+            config = self.config
+            init.normal_(module.query_tokens, mean=0.0, std=config.initializer_range)
+            init.constant_(module.logit_scale, config.logit_scale_init_value)
+            init.constant_(module.region_logit_scale, config.region_logit_scale_init_value)
+            init.constant_(module.region_logit_bias, config.region_logit_bias_init_value)
+
+
+class PathFLIPModel(PathFLIPPreTrainedModel):
+    """PathFLIP alignment model: slide/region encoder, text tower, Text-Region Attention and losses."""
+
+    def __init__(self, config: PathFLIPConfig):
+        super().__init__(config)
+        qformer_config = config.qformer_config
+        self.patch_projector = nn.Sequential(
+            nn.Linear(config.patch_dim, config.patch_projection_dim), nn.LayerNorm(config.patch_projection_dim)
+        )
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer_config.hidden_size))
+        # Eager attention: grounding needs the cross-attention weights, and with few queries the
+        # eager weights cost O(N) memory like the keys themselves.
+        self.qformer = Blip2QFormerModel._from_config(qformer_config, attn_implementation="eager")
+        self.visual_projection = nn.Linear(qformer_config.hidden_size, config.embed_dim)
+        context_layer = nn.TransformerEncoderLayer(
+            config.embed_dim,
+            config.context_heads,
+            config.context_intermediate_size,
+            config.context_dropout,
+            batch_first=True,
+        )
+        self.context_encoder = nn.TransformerEncoder(
+            context_layer, config.context_layers, enable_nested_tensor=False
+        )
+        self.text_model = _text_model_without_pooler(config.text_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim)
+        self.text_region_attention = PathFLIPTextRegionAttention(config.embed_dim, config.tra_heads)
+        self.logit_scale = nn.Parameter(torch.tensor(0.0))
+        self.region_logit_scale = nn.Parameter(torch.tensor(0.0))
+        self.region_logit_bias = nn.Parameter(torch.tensor(0.0))
+        self.post_init()
+
+    # ---- slide side -------------------------------------------------------------------------
+
+    def _read_patches(
+        self, patches: torch.Tensor, patch_mask: torch.Tensor, output_attentions: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the shared Q-Former over projected patches: one token ``[n, E]`` (+ patch weights ``[n, P]``)."""
+        queries = self.query_tokens.expand(patches.shape[0], -1, -1)
+        outputs = self.qformer(
+            query_embeds=queries,
+            encoder_hidden_states=patches,
+            encoder_attention_mask=patch_mask,
+            output_attentions=output_attentions,
+        )
+        token = self.visual_projection(outputs.last_hidden_state.mean(dim=1))
+        patch_weights = outputs.cross_attentions[-1].mean(dim=(1, 2)) if output_attentions else None
+        return token, patch_weights
+
+    def _read_regions(
+        self,
+        projected: torch.Tensor,
+        region_patch_index: torch.Tensor,
+        region_attention_mask: torch.Tensor,
+        output_attentions: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Region Q-Former over real regions only, ``region_chunk_size`` regions per call."""
+        batch, num_regions, max_patches = region_patch_index.shape
+        flat_index = region_patch_index.reshape(batch * num_regions, max_patches)
+        bag_of_region = torch.arange(batch, device=projected.device).repeat_interleave(num_regions)
+        real_regions = region_attention_mask.reshape(-1).nonzero().squeeze(1)
+        tokens, weights = [], []
+        for chunk in real_regions.split(self.config.region_chunk_size):
+            index = flat_index[chunk]
+            patch_mask = index >= 0
+            patches = projected[bag_of_region[chunk, None], index.clamp(min=0)]
+            token, patch_weights = self._read_patches(patches, patch_mask.long(), output_attentions)
+            tokens.append(token)
+            weights.append(patch_weights)
+        region_tokens = projected.new_zeros(batch * num_regions, self.config.embed_dim)
+        if tokens:
+            region_tokens = region_tokens.index_copy(0, real_regions, torch.cat(tokens))
+        region_tokens = region_tokens.reshape(batch, num_regions, -1)
+        if not output_attentions:
+            return region_tokens, None
+        region_weights = projected.new_zeros(batch * num_regions, max_patches)
+        if weights:
+            region_weights = region_weights.index_copy(0, real_regions, torch.cat(weights))
+        return region_tokens, region_weights.reshape(batch, num_regions, max_patches)
+
+    def get_slide_features(
+        self,
+        patch_features: torch.Tensor,
+        patch_attention_mask: torch.Tensor,
+        region_patch_index: torch.Tensor,
+        region_attention_mask: torch.Tensor,
+        output_region_patch_weights: bool = False,
+    ) -> PathFLIPSlideOutput:
+        """Encode bags into slide and region embeddings.
+
+        Args:
+            patch_features: ``[B, N, D]`` padded patch features.
+            patch_attention_mask: ``[B, N]`` 1 for real patches.
+            region_patch_index: ``[B, L, P]`` row of each region's patches in ``patch_features`` (-1 = pad).
+            region_attention_mask: ``[B, L]`` 1 for real regions.
+            output_region_patch_weights: also return the Region Q-Former patch weights (for grounding).
+        """
+        dtype = self.patch_projector[0].weight.dtype
+        projected = self.patch_projector(patch_features.to(dtype))
+        slide_token, _ = self._read_patches(projected, patch_attention_mask.long(), output_attentions=False)
+        region_tokens, region_weights = self._read_regions(
+            projected, region_patch_index, region_attention_mask, output_region_patch_weights
+        )
+        tokens = torch.cat([slide_token[:, None], region_tokens], dim=1)
+        padding = torch.cat([torch.zeros_like(region_attention_mask[:, :1]), 1 - region_attention_mask.long()], 1)
+        contextual = self.context_encoder(tokens, src_key_padding_mask=padding.bool())
+        region_embeds = contextual[:, 1:] * region_attention_mask[..., None].to(contextual.dtype)
+        return PathFLIPSlideOutput(
+            slide_embeds=contextual[:, 0],
+            region_embeds=region_embeds,
+            region_attention_mask=region_attention_mask,
+            region_patch_weights=region_weights,
+        )
+
+    # ---- text side --------------------------------------------------------------------------
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed texts: ``input_ids`` ``[..., S]`` -> ``[..., E]`` (e.g. ``[B, K, S]`` subcaptions -> ``[B, K, E]``)."""
+        leading = input_ids.shape[:-1]
+        input_ids = input_ids.reshape(-1, input_ids.shape[-1])
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.reshape(input_ids.shape)
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.config.text_pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask[..., None].to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.text_projection(pooled).reshape(*leading, -1)
+
+    def get_text_conditioned_region_features(
+        self, text_embeds: torch.Tensor, region_embeds: torch.Tensor, region_attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text-conditioned region embeddings ``u`` ``[B, C, E]`` and weights over regions ``[B, C, L]``.
+
+        ``text_embeds`` is ``[B, C, E]`` or ``[C, E]`` (the same texts for every slide).
+        """
+        if text_embeds.dim() == 2:
+            text_embeds = text_embeds[None].expand(region_embeds.shape[0], -1, -1)
+        if self.config.use_text_region_attention:
+            return self.text_region_attention(text_embeds, region_embeds, region_attention_mask)
+        return mean_region_pooling(text_embeds, region_embeds, region_attention_mask)
+
+    def get_grounding(
+        self,
+        patch_features: torch.Tensor,
+        patch_attention_mask: torch.Tensor,
+        region_patch_index: torch.Tensor,
+        region_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> PathFLIPGroundingOutput:
+        """Score every patch of every bag for each text ``[T, S]`` (DESIGN §6).
+
+        score(p) = TRA weight of p's region for the text x Region Q-Former weight of p in its region.
+        Scores are aligned with the rows of ``patch_features`` (0 on padding).
+        """
+        slide = self.get_slide_features(
+            patch_features, patch_attention_mask, region_patch_index, region_attention_mask, True
+        )
+        text_embeds = self.get_text_features(input_ids, attention_mask)
+        _, region_scores = self.get_text_conditioned_region_features(
+            text_embeds, slide.region_embeds, region_attention_mask
+        )
+        batch, num_regions, max_patches = region_patch_index.shape
+        per_slot = region_scores[..., None] * slide.region_patch_weights[:, None]  # [B, T, L, P]
+        per_slot = per_slot * (region_patch_index >= 0)[:, None].to(per_slot.dtype)
+        rows = region_patch_index.clamp(min=0).reshape(batch, 1, num_regions * max_patches)
+        rows = rows.expand(-1, region_scores.shape[1], -1)
+        patch_scores = per_slot.new_zeros(batch, region_scores.shape[1], patch_features.shape[1])
+        patch_scores = patch_scores.scatter_add(2, rows, per_slot.reshape(*rows.shape))
+        return PathFLIPGroundingOutput(
+            patch_scores=patch_scores, region_scores=region_scores, region_patch_weights=slide.region_patch_weights
+        )
+
+    # ---- training -----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        patch_features: torch.Tensor,
+        patch_attention_mask: torch.Tensor,
+        region_patch_index: torch.Tensor,
+        region_attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        subcaption_input_ids: torch.Tensor | None = None,
+        subcaption_attention_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+    ) -> PathFLIPOutput:
+        """Embed bags and captions; with ``return_loss`` (default: when captions are given) add the losses.
+
+        Inputs are what [`PathFLIPProcessor`] returns: see [`get_slide_features`] for the bag tensors,
+        ``input_ids`` ``[B, S]`` are the captions and ``subcaption_input_ids`` ``[B, K, S]`` the subcaptions.
+        """
+        return_loss = input_ids is not None if return_loss is None else return_loss
+        slide = self.get_slide_features(patch_features, patch_attention_mask, region_patch_index, region_attention_mask)
+        text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
+        subcaption_embeds = None
+        if subcaption_input_ids is not None:
+            subcaption_embeds = self.get_text_features(subcaption_input_ids, subcaption_attention_mask)
+
+        logits_per_slide = logits_per_text = None
+        logit_scale = self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+        if text_embeds is not None:
+            slides = nn.functional.normalize(slide.slide_embeds, dim=-1)
+            texts = nn.functional.normalize(text_embeds, dim=-1)
+            logits_per_slide = logit_scale * slides @ texts.T
+            logits_per_text = logits_per_slide.T
+
+        loss = loss_slide = loss_region = None
+        if return_loss:
+            self._check_loss_inputs(text_embeds, subcaption_embeds)
+            loss = 0.0
+            if self.config.use_slide_loss:
+                loss_slide = slide_caption_contrastive_loss(
+                    slide.slide_embeds, text_embeds, logit_scale, self.config.label_smoothing
+                )
+                loss = loss + self.config.slide_loss_weight * loss_slide
+            if self.config.use_region_loss:
+                loss_region = region_subcaption_sigmoid_loss(
+                    slide.region_embeds,
+                    region_attention_mask,
+                    subcaption_embeds,
+                    self.get_text_conditioned_region_features,
+                    self.region_logit_scale,
+                    self.region_logit_bias,
+                    self.config.region_negatives,
+                )
+                loss = loss + self.config.region_loss_weight * loss_region
+        return PathFLIPOutput(
+            loss=loss,
+            loss_slide=loss_slide,
+            loss_region=loss_region,
+            logits_per_slide=logits_per_slide,
+            logits_per_text=logits_per_text,
+            slide_embeds=slide.slide_embeds,
+            text_embeds=text_embeds,
+            region_embeds=slide.region_embeds,
+            region_attention_mask=region_attention_mask,
+            subcaption_embeds=subcaption_embeds,
+        )
+
+    def _check_loss_inputs(self, text_embeds: torch.Tensor | None, subcaption_embeds: torch.Tensor | None) -> None:
+        if self.config.use_slide_loss and text_embeds is None:
+            raise ValueError(
+                "return_loss=True needs captions (input_ids): give every bag a caption, or call "
+                "get_slide_features for embeddings only."
+            )
+        if self.config.use_region_loss and subcaption_embeds is None:
+            raise ValueError(
+                "return_loss=True needs subcaption_input_ids for the region loss: build the batch with "
+                "PathFLIPProcessor (it decomposes captions), or set use_region_loss=False."
+            )
+
+
+def _text_model_without_pooler(text_config) -> PreTrainedModel:
+    """Build the text tower; BERT-like models drop their unused pooler (we pool ourselves)."""
+    try:
+        return AutoModel.from_config(text_config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(text_config)

@@ -1,0 +1,135 @@
+"""Shared offline fixtures: a tiny word-level tokenizer, a tiny PathFLIP config and generated bags."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+VOCABULARY = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] . , the a an of in with and is are at shows show seen there"
+    " tumour tumor stroma necrosis fat lymphocytes nuclei dense fibrous cells region slide left right upper lower"
+    " carcinoma invasive benign normal grade high low focal areas large small cm mm 1 2 3 4 5"
+).split()
+
+
+def build_tokenizer():
+    """A BERT-style word-level tokenizer built in memory (no download)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(VOCABULARY)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def tiny_config(**overrides):
+    from modeling_pathflip import PathFLIPConfig
+
+    values = dict(
+        patch_dim=16,
+        patch_projection_dim=16,
+        num_query_tokens=4,
+        region_grid_size=4,
+        region_chunk_size=3,
+        qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+        text_config=dict(
+            model_type="bert",
+            vocab_size=len(VOCABULARY),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        embed_dim=16,
+        context_heads=4,
+        context_intermediate_size=32,
+        tra_heads=4,
+        num_subcaptions=3,
+    )
+    values.update(overrides)
+    return PathFLIPConfig(**values)
+
+
+CAPTIONS = [
+    "Invasive carcinoma with dense nuclei. Fibrous stroma in the left region. Focal necrosis is seen.",
+    "Benign fat with small lymphocytes. There are normal cells.",
+    "High grade tumour in the upper region. Large areas of necrosis. Stroma is fibrous.",
+    "Lymphocytes in the lower region. Fat and stroma. No tumour is seen.",
+]
+
+
+def make_bag(index: int, num_patches: int, *, patch_dim: int = 16, grid_side: int = 12, patch_size: int = 512,
+             seed: int = 0) -> dict:
+    """A bag of random features on random distinct cells of a ``grid_side`` x ``grid_side`` patch grid."""
+    generator = torch.Generator().manual_seed(seed * 1000 + index)
+    cells = torch.randperm(grid_side * grid_side, generator=generator)[:num_patches]
+    coords = torch.stack([cells % grid_side, cells // grid_side], dim=1) * patch_size
+    return {
+        "slide_id": f"slide-{index}",
+        "features": torch.randn(num_patches, patch_dim, generator=generator),
+        "coords": coords.int(),
+        "patch_size_level0": patch_size,
+        "caption": CAPTIONS[index % len(CAPTIONS)],
+    }
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture
+def config():
+    return tiny_config()
+
+
+@pytest.fixture
+def processor(tokenizer, config):
+    from modeling_pathflip import PathFLIPProcessor
+
+    return PathFLIPProcessor.from_model_config(tokenizer, config)
+
+
+@pytest.fixture
+def model(config):
+    from modeling_pathflip import PathFLIPModel
+
+    torch.manual_seed(0)
+    return PathFLIPModel(config).eval()
+
+
+@pytest.fixture(scope="session")
+def bag_factory():
+    return make_bag
+
+
+@pytest.fixture(scope="session")
+def config_factory():
+    return tiny_config
+
+
+BAG_KEYS = ("patch_features", "patch_attention_mask", "region_patch_index", "region_attention_mask")
+
+
+@pytest.fixture(scope="session")
+def bag_inputs():
+    """Select the bag tensors of a processor batch, in `get_slide_features` order."""
+    return lambda batch: {key: batch[key] for key in BAG_KEYS}

@@ -1,0 +1,102 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from modeling_pathflip import PathFLIPProcessor
+
+
+def test_regions_are_real_4096px_windows(processor, bag_factory):
+    bag = bag_factory(0, 60)
+    batch = processor([bag], return_coords=True)
+    index, coords = batch["region_patch_index"][0], batch["patch_coords"][0]
+    region_side = bag["patch_size_level0"] * processor.region_grid_size
+    seen = []
+    for region in range(int(batch["region_attention_mask"][0].sum())):
+        rows = index[region][index[region] >= 0]
+        windows = torch.div(coords[rows], region_side, rounding_mode="floor")
+        assert (windows == windows[0]).all(), "a region mixes patches from two windows"
+        assert len(rows) <= processor.region_grid_size**2
+        seen.extend(rows.tolist())
+    assert sorted(seen) == list(range(60))
+
+
+def test_batch_shapes_masks_and_text(processor, bag_factory):
+    batch = processor([bag_factory(0, 20), bag_factory(1, 45)])
+    assert batch["patch_features"].shape == (2, 45, 16)
+    assert batch["patch_attention_mask"].sum(1).tolist() == [20, 45]
+    assert batch["subcaption_input_ids"].shape[:2] == (2, processor.num_subcaptions)
+    assert batch["input_ids"].shape[0] == 2 and batch["return_loss"] is True
+    assert (batch["region_patch_index"][0][batch["region_attention_mask"][0] == 0] == -1).all()
+
+
+def test_numpy_float16_rows_from_datasets_are_accepted(processor, bag_factory):
+    bag = bag_factory(0, 10)
+    row = {**bag, "features": bag["features"].numpy().astype(np.float16), "coords": bag["coords"].numpy()}
+    batch = processor([row], return_loss=False)
+    assert batch["patch_features"].dtype == torch.float32
+    assert "input_ids" not in batch
+
+
+def test_text_only_call_tokenises_prompts(processor):
+    batch = processor(text=["tumour", "fat and stroma"])
+    assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape[0] == 2
+
+
+def test_eval_sampling_is_deterministic_and_training_sampling_is_random(tokenizer, config, bag_factory):
+    processor = PathFLIPProcessor.from_model_config(tokenizer, config, max_regions_train=2)
+    bags = [bag_factory(0, 80), bag_factory(2, 80)]
+    first, second = processor(bags), processor(bags)
+    assert torch.equal(first["subcaption_input_ids"], second["subcaption_input_ids"])
+    assert first["region_attention_mask"].sum() > 4, "eval keeps every region"
+    random.seed(0)
+    trained = processor(bags, training=True)
+    assert trained["region_attention_mask"].sum(1).tolist() == [2, 2]
+    kept = trained["patch_attention_mask"].sum(1)
+    index = trained["region_patch_index"]
+    for i in range(2):
+        assert sorted(index[i][index[i] >= 0].tolist()) == list(range(int(kept[i])))
+    draws = {tuple(processor(bags, training=True)["subcaption_input_ids"].flatten().tolist()) for _ in range(4)}
+    assert len(draws) > 1
+
+
+def test_save_and_load_round_trip(tmp_path, tokenizer, config, bag_factory):
+    processor = PathFLIPProcessor.from_model_config(tokenizer, config, max_regions_train=5, seed=7)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, PathFLIPProcessor)
+    assert (loaded.max_regions_train, loaded.seed, loaded.patch_dim) == (5, 7, 16)
+    bags = [bag_factory(0, 30), bag_factory(1, 12)]
+    expected, got = processor(bags), loaded(bags)
+    assert set(expected) == set(got)
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]) if torch.is_tensor(value) else value == got[key]
+
+
+def _shift_row(coords, row, by):
+    coords = coords.clone()
+    coords[row] += by
+    return coords
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda b: {"features": torch.randn(10, 8)}, r"slide 'slide-0': feature dim 8 != .*patch encoder"),
+        (lambda b: {"coords": _shift_row(b["coords"], 1, 100)}, r"slide 'slide-0': coords row 1 .*not on the patch grid"),
+        (lambda b: {"patch_size_level0": None}, r"slide 'slide-0': missing .*patch_size_level0.*never guessed"),
+        (lambda b: {"features": b["features"].index_fill(0, torch.tensor([3]), float("nan"))}, r"NaN or Inf.*row 3"),
+        (lambda b: {"features": b["features"].index_fill(0, torch.tensor([4]), float("inf"))}, r"NaN or Inf.*row 4"),
+        (lambda b: {"features": torch.zeros(0, 16), "coords": torch.zeros(0, 2)}, r"slide 'slide-0': empty bag"),
+        (lambda b: {"coords": b["coords"][:7]}, r"slide 'slide-0': coords of shape \(7, 2\) do not match 10"),
+        (lambda b: {"caption": " "}, r"slide 'slide-0': empty caption, but a loss was requested"),
+        (lambda b: {"coords": torch.cat([b["coords"][:1], b["coords"][:9]])}, r"duplicate coords"),
+    ],
+)
+def test_bad_bags_raise_a_clear_error(processor, bag_factory, change, message):
+    bag = bag_factory(0, 10)
+    bag.update(change(bag))
+    with pytest.raises(ValueError, match=message):
+        processor([bag_factory(1, 10), bag], return_loss=True)
