@@ -134,14 +134,13 @@ class PathFLIPConfig(PretrainedConfig):
         """Raise `ValueError` on values that cannot build a working model."""
         positive = (
             "patch_dim", "patch_projection_dim", "num_query_tokens", "region_grid_size", "region_chunk_size",
-            "context_heads", "context_intermediate_size", "embed_dim", "num_subcaptions", "tra_heads",
+            "context_layers", "context_heads", "context_intermediate_size", "embed_dim", "num_subcaptions",
+            "tra_heads",
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"PathFLIPConfig.{name} must be a positive integer, got {value!r}.")
-        if self.context_layers < 0:
-            raise ValueError(f"PathFLIPConfig.context_layers must be >= 0, got {self.context_layers}.")
         if self.qformer_config.encoder_hidden_size != self.patch_projection_dim:
             raise ValueError(
                 f"qformer_config.encoder_hidden_size ({self.qformer_config.encoder_hidden_size}) must equal "
@@ -154,9 +153,7 @@ class PathFLIPConfig(PretrainedConfig):
         if self.text_pooling not in TEXT_POOLING_MODES:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLING_MODES}, got {self.text_pooling!r}.")
         if self.region_negatives not in REGION_NEGATIVE_MODES:
-            raise ValueError(
-                f"region_negatives must be one of {REGION_NEGATIVE_MODES}, got {self.region_negatives!r}."
-            )
+            raise ValueError(f"region_negatives must be one of {REGION_NEGATIVE_MODES}, got {self.region_negatives!r}.")
         if not (self.use_slide_loss or self.use_region_loss):
             raise ValueError("At least one of use_slide_loss and use_region_loss must be True.")
         if not 0.0 <= self.label_smoothing < 1.0:

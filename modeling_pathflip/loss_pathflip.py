@@ -7,7 +7,7 @@ so the mean over processes equals the single-process loss of the whole global ba
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist

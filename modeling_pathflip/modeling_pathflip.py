@@ -153,7 +153,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         # Eager attention: grounding needs the cross-attention weights, and with few queries the
         # eager weights cost O(N) memory like the keys themselves.
         self.qformer = Blip2QFormerModel._from_config(qformer_config, attn_implementation="eager")
-        self.visual_projection = nn.Linear(qformer_config.hidden_size, config.embed_dim)
+        self.visual_projection = nn.Linear(qformer_config.hidden_size, config.embed_dim, bias=False)
         context_layer = nn.TransformerEncoderLayer(
             config.embed_dim,
             config.context_heads,
@@ -161,11 +161,9 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             config.context_dropout,
             batch_first=True,
         )
-        self.context_encoder = nn.TransformerEncoder(
-            context_layer, config.context_layers, enable_nested_tensor=False
-        )
+        self.context_encoder = nn.TransformerEncoder(context_layer, config.context_layers, enable_nested_tensor=False)
         self.text_model = _text_model_without_pooler(config.text_config)
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim, bias=False)
         self.text_region_attention = PathFLIPTextRegionAttention(config.embed_dim, config.tra_heads)
         self.logit_scale = nn.Parameter(torch.tensor(0.0))
         self.region_logit_scale = nn.Parameter(torch.tensor(0.0))

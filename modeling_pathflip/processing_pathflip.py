@@ -115,7 +115,9 @@ def keep_regions(layout: RegionLayout, keep: torch.Tensor) -> RegionLayout:
     new_row[rows] = torch.arange(rows.shape[0])
     remapped = torch.where(index >= 0, new_row[index.clamp(min=0)], index)
     width = int((remapped >= 0).sum(1).max())
-    return RegionLayout(layout.name, layout.features[rows], layout.coords[rows], remapped[:, :width], layout.region_cells[keep])
+    return RegionLayout(
+        layout.name, layout.features[rows], layout.coords[rows], remapped[:, :width], layout.region_cells[keep]
+    )
 
 
 class PathFLIPProcessor(ProcessorMixin):
@@ -162,7 +164,7 @@ class PathFLIPProcessor(ProcessorMixin):
         super().__init__(tokenizer, **kwargs)
 
     @classmethod
-    def from_model_config(cls, tokenizer, config, **kwargs: Any) -> "PathFLIPProcessor":
+    def from_model_config(cls, tokenizer, config, **kwargs: Any) -> PathFLIPProcessor:
         """A processor whose bag geometry and K match a [`PathFLIPConfig`]."""
         geometry = {
             "patch_dim": config.patch_dim,
@@ -208,7 +210,7 @@ class PathFLIPProcessor(ProcessorMixin):
             raise ValueError("Got an empty list of bags.")
         layouts = [self._layout(bag, position, training) for position, bag in enumerate(bags)]
         batch = self._pad_bags(layouts, return_coords)
-        captions = self._captions(bags, layouts, text)
+        captions = self._captions(bags, text)
         if return_loss is None:
             return_loss = any(caption not in (None, "") for caption in captions)
         if return_loss:
@@ -268,7 +270,7 @@ class PathFLIPProcessor(ProcessorMixin):
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     @staticmethod
-    def _captions(bags: list, layouts: list[RegionLayout], text: str | Sequence[str] | None) -> list:
+    def _captions(bags: list, text: str | Sequence[str] | None) -> list:
         if text is None:
             return [bag.get("caption") for bag in bags]
         captions = [text] if isinstance(text, str) else list(text)
@@ -278,7 +280,7 @@ class PathFLIPProcessor(ProcessorMixin):
 
     def _loss_text(self, bags: list, layouts: list[RegionLayout], captions: list, training: bool) -> dict:
         subcaptions = []
-        for bag, layout, caption in zip(bags, layouts, captions):
+        for bag, layout, caption in zip(bags, layouts, captions, strict=True):
             if caption is None or not str(caption).strip():
                 raise ValueError(
                     f"{layout.name}: empty caption, but a loss was requested. Give the slide a caption, drop it "

@@ -40,15 +40,30 @@ def build_tokenizer():
 
 
 def tiny_config(**overrides):
+    """A PathFLIP config small enough for CPU tests that still learns in a few dozen steps.
+
+    At width 32 the usual std of 0.02 leaves every embedding dominated by the query/[CLS] residual
+    stream (inputs barely matter at init, and contrastive training collapses); 0.2 keeps the
+    input-dependent share near that of the 768-wide paper model. Dropout is off for the same reason.
+    """
     from modeling_pathflip import PathFLIPConfig
 
+    init_std = 0.2
     values = dict(
         patch_dim=16,
         patch_projection_dim=16,
         num_query_tokens=4,
         region_grid_size=4,
         region_chunk_size=3,
-        qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+        qformer_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            initializer_range=init_std,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
         text_config=dict(
             model_type="bert",
             vocab_size=len(VOCABULARY),
@@ -57,7 +72,12 @@ def tiny_config(**overrides):
             num_attention_heads=4,
             intermediate_size=64,
             max_position_embeddings=64,
+            initializer_range=init_std,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
         ),
+        initializer_range=init_std,
+        context_dropout=0.0,
         embed_dim=16,
         context_heads=4,
         context_intermediate_size=32,
@@ -76,15 +96,20 @@ CAPTIONS = [
 ]
 
 
-def make_bag(index: int, num_patches: int, *, patch_dim: int = 16, grid_side: int = 12, patch_size: int = 512,
-             seed: int = 0) -> dict:
-    """A bag of random features on random distinct cells of a ``grid_side`` x ``grid_side`` patch grid."""
+def make_bag(
+    index: int, num_patches: int, *, patch_dim: int = 16, grid_side: int = 12, patch_size: int = 512, seed: int = 0
+) -> dict:
+    """A bag on random distinct cells of a ``grid_side`` x ``grid_side`` patch grid.
+
+    Features scatter around a per-bag centre, as patches of one slide share its tissue and stain.
+    """
     generator = torch.Generator().manual_seed(seed * 1000 + index)
     cells = torch.randperm(grid_side * grid_side, generator=generator)[:num_patches]
     coords = torch.stack([cells % grid_side, cells // grid_side], dim=1) * patch_size
     return {
         "slide_id": f"slide-{index}",
-        "features": torch.randn(num_patches, patch_dim, generator=generator),
+        "features": torch.randn(patch_dim, generator=generator)
+        + 0.5 * torch.randn(num_patches, patch_dim, generator=generator),
         "coords": coords.int(),
         "patch_size_level0": patch_size,
         "caption": CAPTIONS[index % len(CAPTIONS)],

@@ -1,0 +1,245 @@
+import copy
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from modeling_pathflip import PathFLIPModel, PathFLIPOutput
+
+TISSUES = "tumour stroma necrosis fat lymphocytes nuclei carcinoma cells".split()
+PLACES = "left right upper lower".split()
+OUTPUT_KEYS = (
+    "loss",
+    "loss_slide",
+    "loss_region",
+    "logits_per_slide",
+    "slide_embeds",
+    "text_embeds",
+    "region_embeds",
+    "subcaption_embeds",
+)
+
+
+def test_forward_returns_typed_output_with_both_losses(model, processor, bag_factory):
+    batch = processor([bag_factory(i, 20 + 7 * i) for i in range(3)])
+    output = model(**batch)
+    assert isinstance(output, PathFLIPOutput)
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    torch.testing.assert_close(output.loss, output.loss_slide + output.loss_region)
+    assert output.logits_per_slide.shape == (3, 3)
+    torch.testing.assert_close(output.logits_per_text, output.logits_per_slide.T)
+    assert output.region_embeds.shape[:2] == batch["region_attention_mask"].shape
+    assert output.subcaption_embeds.shape == (3, processor.num_subcaptions, model.config.embed_dim)
+
+
+def test_embeddings_only_without_captions(model, processor, bag_factory, bag_inputs):
+    batch = processor([bag_factory(0, 15)], return_loss=False)
+    output = model(**batch)
+    assert output.loss is None and output.text_embeds is None
+    features = model.get_slide_features(**bag_inputs(batch))
+    torch.testing.assert_close(features.slide_embeds, output.slide_embeds)
+
+
+def test_loss_without_subcaptions_names_the_fix(model, processor, bag_factory):
+    batch = processor([bag_factory(0, 15), bag_factory(1, 9)])
+    del batch["subcaption_input_ids"], batch["subcaption_attention_mask"]
+    with pytest.raises(ValueError, match="subcaption_input_ids"):
+        model(**batch)
+
+
+def test_save_and_load_give_identical_outputs(tmp_path, model, processor, bag_factory):
+    batch = processor([bag_factory(i, 18 + 5 * i) for i in range(3)])
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, PathFLIPModel) and not loaded.training
+    with torch.no_grad():
+        expected, got = model(**batch), loaded(**batch)
+    for key in OUTPUT_KEYS:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+
+
+def test_construction_on_the_meta_device(config):
+    with torch.device("meta"):
+        model = PathFLIPModel(config)
+    assert all(parameter.is_meta for parameter in model.parameters())
+
+
+def test_region_chunk_size_does_not_change_results(config_factory, processor, bag_factory, bag_inputs):
+    batch = processor([bag_factory(i, 70) for i in range(2)])
+    torch.manual_seed(0)
+    one_at_a_time = PathFLIPModel(config_factory(region_chunk_size=1)).eval()
+    all_at_once = PathFLIPModel(config_factory(region_chunk_size=1000)).eval()
+    all_at_once.load_state_dict(one_at_a_time.state_dict())
+    with torch.no_grad():
+        a = one_at_a_time.get_slide_features(**bag_inputs(batch))
+        b = all_at_once.get_slide_features(**bag_inputs(batch))
+    torch.testing.assert_close(a.region_embeds, b.region_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.slide_embeds, b.slide_embeds, atol=1e-5, rtol=0)
+
+
+# ---- invariances -----------------------------------------------------------------------------
+
+
+def _pad(batch, extra_patches, extra_regions, extra_width):
+    """The same bags with more padded patch rows, padded regions and wider region slots (garbage values)."""
+    padded = dict(batch)
+    b, n, d = batch["patch_features"].shape
+    padded["patch_features"] = torch.cat([batch["patch_features"], torch.randn(b, extra_patches, d) * 50], 1)
+    padded["patch_attention_mask"] = torch.cat([batch["patch_attention_mask"], torch.zeros(b, extra_patches).long()], 1)
+    index = batch["region_patch_index"]
+    index = torch.cat([index, torch.full((b, index.shape[1], extra_width), -1)], 2)
+    index = torch.cat([index, torch.full((b, extra_regions, index.shape[2]), -1)], 1)
+    padded["region_patch_index"] = index
+    padded["region_attention_mask"] = torch.cat(
+        [batch["region_attention_mask"], torch.zeros(b, extra_regions).long()], 1
+    )
+    return padded
+
+
+def test_padding_and_empty_regions_do_not_change_any_output(model, processor, bag_factory):
+    batch = processor([bag_factory(0, 30), bag_factory(1, 41)])
+    padded = _pad(batch, extra_patches=13, extra_regions=4, extra_width=5)
+    with torch.no_grad():
+        expected, got = model(**batch), model(**padded)
+    regions = batch["region_attention_mask"].shape[1]
+    for key in ("loss", "loss_slide", "loss_region", "logits_per_slide", "slide_embeds", "text_embeds"):
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.region_embeds[:, :regions], expected.region_embeds, atol=1e-5, rtol=0)
+    assert (got.region_embeds[:, regions:] == 0).all()
+
+
+def test_shuffling_patch_rows_does_not_change_the_slide_embedding(model, processor, bag_factory, bag_inputs):
+    bag = bag_factory(0, 50)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    shuffled = {**bag, "features": bag["features"][order], "coords": bag["coords"][order]}
+    with torch.no_grad():
+        a = model.get_slide_features(**bag_inputs(processor([bag], return_loss=False)))
+        b = model.get_slide_features(**bag_inputs(processor([shuffled], return_loss=False)))
+    torch.testing.assert_close(a.slide_embeds, b.slide_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.region_embeds, b.region_embeds, atol=1e-5, rtol=0)
+
+
+def test_a_bag_alone_and_inside_a_batch_give_the_same_embeddings(model, processor, bag_factory, bag_inputs):
+    bags = [bag_factory(0, 12), bag_factory(1, 60), bag_factory(2, 33)]
+    with torch.no_grad():
+        together = model.get_slide_features(**bag_inputs(processor(bags, return_loss=False)))
+        for i, bag in enumerate(bags):
+            alone = model.get_slide_features(**bag_inputs(processor([bag], return_loss=False)))
+            regions = alone.region_embeds.shape[1]
+            torch.testing.assert_close(together.slide_embeds[i], alone.slide_embeds[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(together.region_embeds[i, :regions], alone.region_embeds[0], atol=1e-5, rtol=0)
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+def test_one_step_reaches_every_trainable_parameter(config, processor, bag_factory):
+    torch.manual_seed(0)
+    model = PathFLIPModel(config).train()
+    model(**processor([bag_factory(i, 25 + i) for i in range(4)], training=True)).loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, f"{name} gets no gradient"
+        assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
+        assert parameter.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"region_negatives": "one_per_slide"}])
+def test_sixty_steps_on_eight_bags_drive_the_loss_down(config_factory, processor, bag_factory, overrides):
+    torch.manual_seed(0)
+    model = PathFLIPModel(config_factory(**overrides)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    bags = [bag_factory(i, 20 + 3 * i) for i in range(8)]
+    for i, bag in enumerate(bags):  # eight different findings, one sentence each
+        bag["caption"] = (
+            f"{TISSUES[i].capitalize()} in the {PLACES[i % 4]} region. There are {i % 5 + 1} large "
+            f"{TISSUES[(i + 3) % 8]} areas. The {TISSUES[(i + 5) % 8]} is dense."
+        )
+    losses = []
+    for _ in range(60):
+        loss = model(**processor(bags, training=True)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], f"loss went from {losses[0]:.3f} to {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"use_region_loss": False}, {"use_slide_loss": False}, {"use_text_region_attention": False}]
+)
+def test_ablation_switches(config_factory, processor, bag_factory, overrides):
+    model = PathFLIPModel(config_factory(**overrides)).eval()
+    output = model(**processor([bag_factory(i, 20) for i in range(3)]))
+    assert torch.isfinite(output.loss)
+    assert (output.loss_slide is None) == (not model.config.use_slide_loss)
+    assert (output.loss_region is None) == (not model.config.use_region_loss)
+
+
+def test_mean_pooling_ablation_gives_uniform_region_weights(config_factory, processor, bag_factory, bag_inputs):
+    model = PathFLIPModel(config_factory(use_text_region_attention=False)).eval()
+    batch = processor([bag_factory(0, 40)], return_loss=False)
+    with torch.no_grad():
+        grounding = model.get_grounding(**bag_inputs(batch), **processor(text=["tumour", "fat"]))
+    regions = int(batch["region_attention_mask"].sum())
+    torch.testing.assert_close(grounding.region_scores[0, :, :regions], torch.full((2, regions), 1 / regions))
+
+
+# ---- grounding ----------------------------------------------------------------------------------
+
+
+def test_grounding_scores_are_region_weight_times_patch_weight(model, processor, bag_factory, bag_inputs):
+    bags = [bag_factory(0, 45), bag_factory(1, 30)]
+    batch = processor(bags, return_loss=False)
+    texts = processor(text=["dense tumour nuclei", "fat", "fibrous stroma in the left region"])
+    with torch.no_grad():
+        grounding = model.get_grounding(**bag_inputs(batch), **texts)
+        direct = _direct_grounding(model, batch, texts)
+    assert grounding.patch_scores.shape == (2, 3, 45)
+    assert torch.isfinite(grounding.patch_scores).all()
+    for i, bag in enumerate(bags):
+        n = bag["features"].shape[0]
+        torch.testing.assert_close(grounding.patch_scores[i, :, :n], direct[i], atol=1e-6, rtol=1e-5)
+        assert (grounding.patch_scores[i, :, n:] == 0).all()
+        # Each text's weights over regions sum to 1 and within each region to 1, so patch scores sum to 1.
+        torch.testing.assert_close(grounding.patch_scores[i].sum(-1), torch.ones(3))
+
+
+def _direct_grounding(model, batch, texts):
+    """Recompute patch scores bag by bag from the raw attention tensors of the TRA and the Q-Former."""
+    results = []
+    text_embeds = model.get_text_features(**texts)
+    for i in range(batch["patch_features"].shape[0]):
+        slide = model.get_slide_features(
+            **{
+                k: batch[k][i : i + 1]
+                for k in ("patch_features", "patch_attention_mask", "region_patch_index", "region_attention_mask")
+            }
+        )
+        real = batch["region_attention_mask"][i].bool()
+        tra = model.text_region_attention
+        _, alpha = tra.attention(
+            tra.query(text_embeds[None]),
+            tra.key(slide.region_embeds[:, real]),
+            tra.value(slide.region_embeds[:, real]),
+            need_weights=True,
+        )
+        projected = model.patch_projector(batch["patch_features"][i])
+        scores = torch.zeros(text_embeds.shape[0], int(batch["patch_attention_mask"][i].sum()))
+        for region, rows in enumerate(batch["region_patch_index"][i][real]):
+            rows = rows[rows >= 0]
+            out = model.qformer(
+                query_embeds=model.query_tokens, encoder_hidden_states=projected[rows][None], output_attentions=True
+            )
+            patch_weight = out.cross_attentions[-1][0].mean(dim=(0, 1))
+            scores[:, rows] = alpha[0, :, region, None] * patch_weight[None]
+        results.append(scores)
+    return results
+
+
+def test_gradient_checkpointing_runs(config, processor, bag_factory):
+    model = PathFLIPModel(copy.deepcopy(config)).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model(**processor([bag_factory(i, 20) for i in range(2)], training=True)).loss.backward()
+    assert model.query_tokens.grad is not None
