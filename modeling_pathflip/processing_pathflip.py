@@ -120,6 +120,48 @@ def keep_regions(layout: RegionLayout, keep: torch.Tensor) -> RegionLayout:
     )
 
 
+def layout_bag(
+    bag: Mapping[str, Any], position: int, patch_dim: int, region_grid_size: int, max_regions: int | None = None
+) -> RegionLayout:
+    """Validate a bag and group it into regions; keep ``max_regions`` random regions when given."""
+    name, features, coords, patch_size = validate_bag(bag, position, patch_dim)
+    index, cells = group_into_regions(name, coords, patch_size, region_grid_size)
+    layout = RegionLayout(name, features, coords, index, cells)
+    if max_regions and cells.shape[0] > max_regions:
+        keep = sorted(random.sample(range(cells.shape[0]), max_regions))
+        layout = keep_regions(layout, torch.tensor(keep))
+    return layout
+
+
+def pad_layouts(layouts: list[RegionLayout], return_coords: bool = False) -> dict[str, torch.Tensor]:
+    """Pad laid-out bags into the model's bag tensors (+ ``patch_coords`` when asked)."""
+    batch = len(layouts)
+    num_patches = max(layout.features.shape[0] for layout in layouts)
+    num_regions = max(layout.region_patch_index.shape[0] for layout in layouts)
+    region_width = max(layout.region_patch_index.shape[1] for layout in layouts)
+    features = torch.zeros(batch, num_patches, layouts[0].features.shape[1])
+    patch_mask = torch.zeros(batch, num_patches, dtype=torch.long)
+    region_index = torch.full((batch, num_regions, region_width), -1, dtype=torch.long)
+    region_mask = torch.zeros(batch, num_regions, dtype=torch.long)
+    coords = torch.zeros(batch, num_patches, 2, dtype=torch.long)
+    for i, layout in enumerate(layouts):
+        n, (regions, width) = layout.features.shape[0], layout.region_patch_index.shape
+        features[i, :n] = layout.features
+        patch_mask[i, :n] = 1
+        coords[i, :n] = layout.coords
+        region_index[i, :regions, :width] = layout.region_patch_index
+        region_mask[i, :regions] = 1
+    out = {
+        "patch_features": features,
+        "patch_attention_mask": patch_mask,
+        "region_patch_index": region_index,
+        "region_attention_mask": region_mask,
+    }
+    if return_coords:
+        out["patch_coords"] = coords
+    return out
+
+
 class PathFLIPProcessor(ProcessorMixin):
     r"""Turns feature bags and captions into PathFLIP batches.
 
@@ -208,8 +250,12 @@ class PathFLIPProcessor(ProcessorMixin):
         bags = [bags] if isinstance(bags, Mapping) else list(bags)
         if not bags:
             raise ValueError("Got an empty list of bags.")
-        layouts = [self._layout(bag, position, training) for position, bag in enumerate(bags)]
-        batch = self._pad_bags(layouts, return_coords)
+        max_regions = self.max_regions_train if training else None
+        layouts = [
+            layout_bag(bag, position, self.patch_dim, self.region_grid_size, max_regions)
+            for position, bag in enumerate(bags)
+        ]
+        batch = pad_layouts(layouts, return_coords)
         captions = self._captions(bags, text)
         if return_loss is None:
             return_loss = any(caption not in (None, "") for caption in captions)
@@ -217,45 +263,6 @@ class PathFLIPProcessor(ProcessorMixin):
             batch.update(self._loss_text(bags, layouts, captions, training))
             batch["return_loss"] = True
         return BatchFeature(batch)
-
-    # ---- bags -------------------------------------------------------------------------------
-
-    def _layout(self, bag: Mapping[str, Any], position: int, training: bool) -> RegionLayout:
-        name, features, coords, patch_size = validate_bag(bag, position, self.patch_dim)
-        index, cells = group_into_regions(name, coords, patch_size, self.region_grid_size)
-        layout = RegionLayout(name, features, coords, index, cells)
-        if training and self.max_regions_train and cells.shape[0] > self.max_regions_train:
-            keep = sorted(random.sample(range(cells.shape[0]), self.max_regions_train))
-            layout = keep_regions(layout, torch.tensor(keep))
-        return layout
-
-    @staticmethod
-    def _pad_bags(layouts: list[RegionLayout], return_coords: bool) -> dict[str, torch.Tensor]:
-        batch = len(layouts)
-        num_patches = max(layout.features.shape[0] for layout in layouts)
-        num_regions = max(layout.region_patch_index.shape[0] for layout in layouts)
-        region_width = max(layout.region_patch_index.shape[1] for layout in layouts)
-        features = torch.zeros(batch, num_patches, layouts[0].features.shape[1])
-        patch_mask = torch.zeros(batch, num_patches, dtype=torch.long)
-        region_index = torch.full((batch, num_regions, region_width), -1, dtype=torch.long)
-        region_mask = torch.zeros(batch, num_regions, dtype=torch.long)
-        coords = torch.zeros(batch, num_patches, 2, dtype=torch.long)
-        for i, layout in enumerate(layouts):
-            n, (regions, width) = layout.features.shape[0], layout.region_patch_index.shape
-            features[i, :n] = layout.features
-            patch_mask[i, :n] = 1
-            coords[i, :n] = layout.coords
-            region_index[i, :regions, :width] = layout.region_patch_index
-            region_mask[i, :regions] = 1
-        out = {
-            "patch_features": features,
-            "patch_attention_mask": patch_mask,
-            "region_patch_index": region_index,
-            "region_attention_mask": region_mask,
-        }
-        if return_coords:
-            out["patch_coords"] = coords
-        return out
 
     # ---- text -------------------------------------------------------------------------------
 
