@@ -350,24 +350,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
 
         loss = loss_slide = loss_region = None
         if return_loss:
-            self._check_loss_inputs(text_embeds, subcaption_embeds)
-            loss = 0.0
-            if self.config.use_slide_loss:
-                loss_slide = slide_caption_contrastive_loss(
-                    slide.slide_embeds, text_embeds, logit_scale, self.config.label_smoothing
-                )
-                loss = loss + self.config.slide_loss_weight * loss_slide
-            if self.config.use_region_loss:
-                loss_region = region_subcaption_sigmoid_loss(
-                    slide.region_embeds,
-                    region_attention_mask,
-                    subcaption_embeds,
-                    self.get_text_conditioned_region_features,
-                    self.region_logit_scale,
-                    self.region_logit_bias,
-                    self.config.region_negatives,
-                )
-                loss = loss + self.config.region_loss_weight * loss_region
+            loss, loss_slide, loss_region = self._losses(slide, text_embeds, subcaption_embeds, logit_scale)
         return PathFLIPOutput(
             loss=loss,
             loss_slide=loss_slide,
@@ -381,17 +364,43 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             subcaption_embeds=subcaption_embeds,
         )
 
-    def _check_loss_inputs(self, text_embeds: torch.Tensor | None, subcaption_embeds: torch.Tensor | None) -> None:
-        if self.config.use_slide_loss and text_embeds is None:
-            raise ValueError(
-                "return_loss=True needs captions (input_ids): give every bag a caption, or call "
-                "get_slide_features for embeddings only."
+    def _losses(
+        self,
+        slide: PathFLIPSlideOutput,
+        text_embeds: torch.Tensor | None,
+        subcaption_embeds: torch.Tensor | None,
+        logit_scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Weighted total, slide and region losses (each None when switched off)."""
+        config = self.config
+        loss, loss_slide, loss_region = 0.0, None, None
+        if config.use_slide_loss:
+            if text_embeds is None:
+                raise ValueError(
+                    "return_loss=True needs captions (input_ids): give every bag a caption, or call "
+                    "get_slide_features for embeddings only."
+                )
+            loss_slide = slide_caption_contrastive_loss(
+                slide.slide_embeds, text_embeds, logit_scale, config.label_smoothing
             )
-        if self.config.use_region_loss and subcaption_embeds is None:
-            raise ValueError(
-                "return_loss=True needs subcaption_input_ids for the region loss: build the batch with "
-                "PathFLIPProcessor (it decomposes captions), or set use_region_loss=False."
+            loss = loss + config.slide_loss_weight * loss_slide
+        if config.use_region_loss:
+            if subcaption_embeds is None:
+                raise ValueError(
+                    "return_loss=True needs subcaption_input_ids for the region loss: build the batch with "
+                    "PathFLIPProcessor (it decomposes captions), or set use_region_loss=False."
+                )
+            loss_region = region_subcaption_sigmoid_loss(
+                slide.region_embeds,
+                slide.region_attention_mask,
+                subcaption_embeds,
+                self.get_text_conditioned_region_features,
+                self.region_logit_scale,
+                self.region_logit_bias,
+                config.region_negatives,
             )
+            loss = loss + config.region_loss_weight * loss_region
+        return loss, loss_slide, loss_region
 
 
 def _text_model_without_pooler(text_config) -> PreTrainedModel:

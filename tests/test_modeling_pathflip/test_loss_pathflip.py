@@ -1,0 +1,80 @@
+"""Both losses over a global batch split across two gloo processes equal the single-process losses."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from modeling_pathflip.loss_pathflip import region_subcaption_sigmoid_loss, slide_caption_contrastive_loss
+from modeling_pathflip.modeling_pathflip import PathFLIPTextRegionAttention
+
+BATCH, REGIONS, SUBCAPTIONS, DIM = 6, 5, 3, 8
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(0)
+    slides = torch.randn(BATCH, DIM, generator=generator)
+    captions = torch.randn(BATCH, DIM, generator=generator)
+    regions = torch.randn(BATCH, REGIONS, DIM, generator=generator)
+    region_mask = (torch.rand(BATCH, REGIONS, generator=generator) > 0.3).long()
+    region_mask[:, 0] = 1
+    subcaptions = torch.randn(BATCH, SUBCAPTIONS, DIM, generator=generator)
+    return slides, captions, regions, region_mask, subcaptions
+
+
+def _losses(rows: slice):
+    """Total loss and gradients of (module parameters, embeddings) for the rows of the global batch."""
+    torch.manual_seed(0)
+    attention = PathFLIPTextRegionAttention(DIM, 2)
+    scale, bias = torch.tensor(2.3, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+    tensors = [tensor[rows].clone().requires_grad_(tensor.is_floating_point()) for tensor in _inputs()]
+    slides, captions, regions, region_mask, subcaptions = tensors
+    loss = slide_caption_contrastive_loss(slides, captions, torch.tensor(14.0), 0.1)
+    loss = loss + region_subcaption_sigmoid_loss(
+        regions, region_mask, subcaptions, attention, scale, bias, negatives="all"
+    )
+    loss.backward()
+    parameter_grads = [p.grad for p in attention.parameters()] + [scale.grad, bias.grad]
+    embedding_grads = [t.grad for t in (slides, captions, regions, subcaptions)]
+    return loss.detach(), parameter_grads, embedding_grads
+
+
+def _worker(rank: int, world_size: int, port: int, results: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        per_rank = BATCH // world_size
+        loss, parameter_grads, embedding_grads = _losses(slice(rank * per_rank, (rank + 1) * per_rank))
+        # What DDP does: average parameter gradients over processes.
+        for grad in parameter_grads:
+            dist.all_reduce(grad)
+            grad /= world_size
+        results[rank] = (loss, parameter_grads, embedding_grads)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_processes_match_one_process():
+    expected_loss, expected_parameter_grads, expected_embedding_grads = _losses(slice(0, BATCH))
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    losses = [results[rank][0] for rank in range(2)]
+    torch.testing.assert_close(sum(losses) / 2, expected_loss, atol=1e-5, rtol=0)
+    for got, expected in zip(results[0][1], expected_parameter_grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # Embedding gradients of each shard (from every process's loss) match the single-process ones / 2.
+    for rank in range(2):
+        rows = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+        for got, expected in zip(results[rank][2], expected_embedding_grads, strict=True):
+            torch.testing.assert_close(got / 2, expected[rows], atol=1e-4, rtol=0)
