@@ -184,8 +184,15 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             output_attentions=output_attentions,
         )
         token = self.visual_projection(outputs.last_hidden_state.mean(dim=1))
-        patch_weights = outputs.cross_attentions[-1].mean(dim=(1, 2)) if output_attentions else None
-        return token, patch_weights
+        if not output_attentions:
+            return token, None
+        if not outputs.cross_attentions:
+            raise RuntimeError(
+                "Grounding needs the Q-Former's cross-attention weights, which only eager attention returns; "
+                f"this Q-Former uses {self.qformer.config._attn_implementation!r}. Load the model without "
+                "attn_implementation, or call model.qformer.set_attn_implementation('eager')."
+            )
+        return token, outputs.cross_attentions[-1].mean(dim=(1, 2))
 
     def _read_regions(
         self,

@@ -243,3 +243,12 @@ def test_gradient_checkpointing_runs(config, processor, bag_factory):
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model(**processor([bag_factory(i, 20) for i in range(2)], training=True)).loss.backward()
     assert model.query_tokens.grad is not None
+
+
+def test_grounding_without_eager_attention_says_how_to_fix_it(model, processor, bag_factory, bag_inputs):
+    batch = processor([bag_factory(0, 20)], return_loss=False)
+    model.qformer.set_attn_implementation("sdpa")
+    with pytest.raises(RuntimeError, match="set_attn_implementation\\('eager'\\)"):
+        model.get_grounding(**bag_inputs(batch), **processor(text=["tumour"]))
+    model.qformer.set_attn_implementation("eager")
+    assert model.get_grounding(**bag_inputs(batch), **processor(text=["tumour"])).patch_scores.shape == (1, 1, 20)
