@@ -10,7 +10,7 @@ from .modeling_pathflip import (
     PathFLIPPreTrainedModel,
     PathFLIPSlideOutput,
 )
-from .processing_pathflip import PathFLIPProcessor
+from .processing_pathflip import BAG_INPUT_NAMES, PathFLIPProcessor
 from .subcaptions_pathflip import sample_subcaptions, split_sentences
 
 AutoConfig.register(PathFLIPConfig.model_type, PathFLIPConfig, exist_ok=True)
@@ -22,6 +22,7 @@ PathFLIPModel.register_for_auto_class("AutoModel")
 PathFLIPProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "BAG_INPUT_NAMES",
     "PathFLIPConfig",
     "PathFLIPGroundingOutput",
     "PathFLIPModel",

@@ -151,10 +151,9 @@ def config_factory():
     return tiny_config
 
 
-BAG_KEYS = ("patch_features", "patch_attention_mask", "region_patch_index", "region_attention_mask")
-
-
 @pytest.fixture(scope="session")
 def bag_inputs():
     """Select the bag tensors of a processor batch, in `get_slide_features` order."""
-    return lambda batch: {key: batch[key] for key in BAG_KEYS}
+    from modeling_pathflip import BAG_INPUT_NAMES
+
+    return lambda batch: {key: batch[key] for key in BAG_INPUT_NAMES}

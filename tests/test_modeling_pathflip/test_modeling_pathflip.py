@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from modeling_pathflip import PathFLIPModel, PathFLIPOutput
+from modeling_pathflip import BAG_INPUT_NAMES, PathFLIPModel, PathFLIPOutput
 
 TISSUES = "tumour stroma necrosis fat lymphocytes nuclei carcinoma cells".split()
 PLACES = "left right upper lower".split()
@@ -211,12 +211,7 @@ def _direct_grounding(model, batch, texts):
     results = []
     text_embeds = model.get_text_features(**texts)
     for i in range(batch["patch_features"].shape[0]):
-        slide = model.get_slide_features(
-            **{
-                k: batch[k][i : i + 1]
-                for k in ("patch_features", "patch_attention_mask", "region_patch_index", "region_attention_mask")
-            }
-        )
+        slide = model.get_slide_features(**{name: batch[name][i : i + 1] for name in BAG_INPUT_NAMES})
         real = batch["region_attention_mask"][i].bool()
         tra = model.text_region_attention
         _, alpha = tra.attention(

@@ -37,8 +37,13 @@ def test_folder_loads_as_remote_code_without_the_package(tmp_path, model, proces
         "AutoConfig": "configuration_pathflip.PathFLIPConfig",
         "AutoModel": "modeling_pathflip.PathFLIPModel",
     }
-    code_files = {"configuration_pathflip.py", "modeling_pathflip.py", "loss_pathflip.py",
-                  "processing_pathflip.py", "subcaptions_pathflip.py"}
+    code_files = {
+        "configuration_pathflip.py",
+        "modeling_pathflip.py",
+        "loss_pathflip.py",
+        "processing_pathflip.py",
+        "subcaptions_pathflip.py",
+    }
     assert code_files <= {path.name for path in folder.iterdir()}
 
     bags = [bag_factory(0, 25), bag_factory(1, 40)]
@@ -52,7 +57,11 @@ def test_folder_loads_as_remote_code_without_the_package(tmp_path, model, proces
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, str(script), str(folder), str(tmp_path / "bags.pt"), str(tmp_path / "out.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt")
