@@ -1,0 +1,146 @@
+"""The `pathflip` command line: one verb per task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .tiler import TilingOptions
+
+
+def _tiling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slides", nargs="+", help="slide files or folders of slides")
+    parser.add_argument("--output", "-o", required=True, help="output folder")
+    parser.add_argument("--mpp", type=float, help="microns per level-0 pixel (overrides slide metadata)")
+    parser.add_argument("--target-mpp", type=float, default=0.5, help="patch resolution (default 0.5, ~20x)")
+    parser.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (default 256)")
+    parser.add_argument("--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a patch")
+
+
+def _tiling_options(args: argparse.Namespace) -> TilingOptions:
+    return TilingOptions(target_mpp=args.target_mpp, patch_size=args.patch_size, min_tissue_fraction=args.min_tissue)
+
+
+def command_tile(args: argparse.Namespace) -> int:
+    """Tile slides: tissue overlays and patch coordinates, without features."""
+    from .extract import find_slides
+    from .reader import SlideError, SlideReader
+    from .tiler import tile_slide
+    from .tissue import save_overlay
+
+    output, failures = Path(args.output), {}
+    for path in find_slides(args.slides):
+        try:
+            with SlideReader(path, mpp=args.mpp) as reader:
+                tiling = tile_slide(reader, _tiling_options(args))
+        except SlideError as error:
+            failures[path.stem] = str(error)
+            continue
+        save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{tiling.slide_id}.png")
+        record = {
+            "slide_id": tiling.slide_id,
+            "patch_size_level0": tiling.patch_size_level0,
+            "mpp": tiling.mpp,
+            "coords": tiling.coords.tolist(),
+        }
+        (output / "coords").mkdir(parents=True, exist_ok=True)
+        (output / "coords" / f"{tiling.slide_id}.json").write_text(json.dumps(record))
+        print(f"{tiling.slide_id}: {len(tiling.coords)} patches of {tiling.patch_size_level0} level-0 px")
+    return _report_failures(failures)
+
+
+def command_extract(args: argparse.Namespace) -> int:
+    """Extract feature bags into a resumable output folder and a `datasets` dataset."""
+    from .encoders import load_encoder
+    from .extract import ExtractionOptions, find_slides, run_extraction
+
+    options = ExtractionOptions(
+        tiling=_tiling_options(args),
+        mpp=args.mpp,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        parquet=args.parquet,
+    )
+    report = run_extraction(find_slides(args.slides), args.output, load_encoder(args.encoder), options)
+    print(report.summary())
+    if report.dataset:
+        print(f"dataset: {report.dataset}")
+    return 1 if report.failed else 0
+
+
+def command_import(args: argparse.Namespace) -> int:
+    """Import TRIDENT/CLAM .h5 or .pt bags into a feature-bag dataset."""
+    from . import importers
+
+    options = {
+        "output": args.output,
+        "patch_size_level0": args.patch_size_level0,
+        "mpp": args.mpp,
+        "captions": args.captions,
+    }
+    if args.coords_dir:
+        dataset = importers.import_pt_folder(args.folder, coords_dir=args.coords_dir, **options)
+    else:
+        dataset = importers.import_h5_folder(args.folder, **options)
+    print(f"{len(dataset)} slides -> {args.output}")
+    return 0
+
+
+def command_doctor(args: argparse.Namespace) -> int:
+    """Report versions, OpenSlide, the device and writable cache folders."""
+    from .doctor import run_checks
+
+    return run_checks()
+
+
+def _report_failures(failures: dict[str, str]) -> int:
+    for reason in failures.values():
+        print(f"FAILED {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `pathflip`."""
+    parser = argparse.ArgumentParser(prog="pathflip", description="PathFLIP whole-slide tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tile = commands.add_parser("tile", help=command_tile.__doc__)
+    _tiling_arguments(tile)
+    tile.set_defaults(run=command_tile)
+
+    extract = commands.add_parser("extract", help=command_extract.__doc__)
+    _tiling_arguments(extract)
+    extract.add_argument("--encoder", default="stain-texture", help="stain-texture, a HF path/id, or timm:<name>")
+    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--num-workers", type=int, default=2, help="slide-reading worker processes")
+    extract.add_argument("--parquet", action="store_true", help="also write parquet shards")
+    extract.set_defaults(run=command_extract)
+
+    importer = commands.add_parser("import", help=command_import.__doc__)
+    importer.add_argument("folder", help="folder of .h5 files (or of .pt files with --coords-dir)")
+    importer.add_argument("--output", "-o", required=True, help="dataset folder to write")
+    importer.add_argument("--coords-dir", help="CLAM/TRIDENT patches .h5 folder holding the coords of .pt bags")
+    importer.add_argument("--patch-size-level0", type=int, help="patch side in level-0 px, if the files lack it")
+    importer.add_argument("--mpp", type=float, help="microns per level-0 pixel, if the files lack it")
+    importer.add_argument("--captions", help="CSV or JSON with slide_id and caption columns")
+    importer.set_defaults(run=command_import)
+
+    doctor = commands.add_parser("doctor", help=command_doctor.__doc__)
+    doctor.set_defaults(run=command_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pathflip` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:  # bad input: say what and how to fix it, without a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

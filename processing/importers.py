@@ -1,0 +1,371 @@
+"""Import feature bags made by other tools (TRIDENT, CLAM) into a feature-bag dataset, and export back.
+
+TRIDENT and CLAM write one HDF5 file per slide with a ``features`` [N, D] and a ``coords`` [N, 2]
+dataset (level-0 top-left x, y); the patch geometry lives in ``coords.attrs``. CLAM's ``.pt`` bags
+hold only features: their coordinates come from the matching patches ``.h5`` file.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import h5py
+import numpy as np
+from datasets.fingerprint import get_temporary_cache_files_directory
+
+from .bags import check_columns, save_dataset, write_bags
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float16")
+PATCH_SIZE_HINT = "pass `patch_size_level0=` (the patch side in level-0 pixels) to import it"
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What the caller said about the bags; the files' own attributes are checked first (see `_bag`)."""
+
+    patch_size_level0: int | None
+    mpp: float | None
+    encoder: str | None
+    dtype: str
+
+
+def import_h5_folder(
+    folder: str | Path,
+    *,
+    output: str | Path | None = None,
+    patch_size_level0: int | None = None,
+    mpp: float | None = None,
+    encoder: str | None = None,
+    captions: Mapping[str, str] | str | Path | None = None,
+    dtype: str = "float32",
+) -> datasets.Dataset:
+    """Import every TRIDENT/CLAM ``<slide_id>.h5`` bag of ``folder`` (sorted by name) as one dataset.
+
+    ``patch_size_level0`` overrides the files' geometry (CLAM feature files carry none); ``mpp`` and
+    ``encoder`` fill in only where the files do not say. ``captions`` maps slide_id -> caption, or is
+    a CSV/JSON file with ``slide_id`` and ``caption`` columns. With ``output`` the dataset is saved
+    there (``save_to_disk``) and the saved copy is returned.
+    """
+    options = _options(patch_size_level0, mpp, encoder, dtype)
+    paths = _list_files(folder, ".h5", hint="for a CLAM feat_dir, point at its h5_files/ subfolder")
+    return _import(paths, lambda path: _read_h5_bag(path, options), output=output, captions=captions, dtype=dtype)
+
+
+def import_pt_folder(
+    folder: str | Path,
+    *,
+    coords_dir: str | Path,
+    output: str | Path | None = None,
+    patch_size_level0: int | None = None,
+    mpp: float | None = None,
+    encoder: str | None = None,
+    captions: Mapping[str, str] | str | Path | None = None,
+    dtype: str = "float32",
+) -> datasets.Dataset:
+    """Import every ``<slide_id>.pt`` feature tensor [N, D] of ``folder`` (CLAM ``pt_files/``).
+
+    Coordinates and geometry come from ``coords_dir/<slide_id>.h5`` (CLAM patches) or
+    ``coords_dir/<slide_id>_patches.h5`` (TRIDENT patches). Other options as in `import_h5_folder`.
+    """
+    options = _options(patch_size_level0, mpp, encoder, dtype)
+    paths = _list_files(folder, ".pt", hint="for a CLAM feat_dir, point at its pt_files/ subfolder")
+    coords_dir = Path(coords_dir)
+    if not coords_dir.is_dir():
+        raise ValueError(f"coords_dir {coords_dir} is not a folder (it should hold the patches .h5 files).")
+    return _import(
+        paths, lambda path: _read_pt_bag(path, coords_dir, options), output=output, captions=captions, dtype=dtype
+    )
+
+
+def export_h5(dataset: datasets.Dataset, folder: str | Path) -> list[Path]:
+    """Write one TRIDENT-layout ``<slide_id>.h5`` per row into ``folder``; returns the paths in row order.
+
+    Each file holds ``features`` and ``coords`` with ``patch_size_level0`` (and ``mpp`` when known) in
+    ``coords.attrs`` and ``encoder`` in ``features.attrs``, so `import_h5_folder` reads it back exactly.
+    """
+    check_columns(dataset)
+    slide_ids = [str(slide_id) for slide_id in dataset["slide_id"]]
+    _check_slide_ids(slide_ids)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # A dataset built elsewhere may hold features as nested lists (no dtype): export those as float32.
+    feature_dtype = getattr(dataset.features["features"], "dtype", "float32")
+    rows = dataset.with_format("numpy")
+    paths = []
+    for index, slide_id in enumerate(slide_ids):
+        path = folder / f"{slide_id}.h5"
+        _write_h5_atomically(path, rows[index], feature_dtype)
+        paths.append(path)
+    return paths
+
+
+def _options(patch_size_level0: int | None, mpp: float | None, encoder: str | None, dtype: str) -> _Options:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    if patch_size_level0 is not None and int(patch_size_level0) <= 0:
+        raise ValueError(f"patch_size_level0 must be a positive number of level-0 pixels, got {patch_size_level0}.")
+    return _Options(patch_size_level0, _valid_mpp(mpp, "the mpp= option"), encoder, dtype)
+
+
+def _list_files(folder: str | Path, suffix: str, *, hint: str) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder.")
+    paths = sorted(path for path in folder.iterdir() if path.suffix == suffix and path.is_file())
+    if not paths:
+        raise ValueError(f"{folder} holds no {suffix} files ({hint}).")
+    return paths
+
+
+def _import(
+    paths: list[Path],
+    read_bag: Callable[[Path], dict[str, Any]],
+    *,
+    output: str | Path | None,
+    captions: Mapping[str, str] | str | Path | None,
+    dtype: str,
+) -> datasets.Dataset:
+    """Stream the bags into an Arrow file, then save it to ``output`` or return it memory-mapped."""
+    bags = _checked_bags(paths, read_bag, _load_captions(captions))
+    first = next(bags, None)
+    if first is None:
+        raise ValueError(f"every bag in {paths[0].parent} is empty (no patches); nothing to import.")
+    feature_dim = first["features"].shape[1]
+    stream = itertools.chain([first], bags)
+    if output is None:
+        # The returned dataset memory-maps this file, so it must outlive the call: `datasets`' own
+        # temporary cache folder lives until the process exits, then is removed.
+        scratch = Path(tempfile.mkdtemp(prefix="import-", dir=get_temporary_cache_files_directory()))
+        try:
+            return write_bags(stream, scratch / "bags.arrow", feature_dim, dtype=dtype)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Same filesystem as the output, removed on success and on failure alike.
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as scratch:
+        dataset = write_bags(stream, Path(scratch) / "bags.arrow", feature_dim, dtype=dtype)
+        save_dataset(dataset, output)
+        del dataset  # drop the memory map before its file is removed
+    return datasets.load_from_disk(str(output))
+
+
+def _checked_bags(
+    paths: list[Path], read_bag: Callable[[Path], dict[str, Any]], captions: dict[str, str] | None
+) -> Iterator[dict[str, Any]]:
+    """Read bags one at a time, check they share one feature dim, skip empty ones and fill captions."""
+    first_path, feature_dim = None, None
+    for path in paths:
+        bag = read_bag(path)
+        if len(bag["features"]) == 0:
+            logger.warning("Skipping %s: the bag has no patches.", path)
+            continue
+        dim = bag["features"].shape[1]
+        if feature_dim is None:
+            first_path, feature_dim = path, dim
+        elif dim != feature_dim:
+            raise ValueError(
+                f"{path} has {dim}-dimensional features but {first_path} has {feature_dim}: one dataset holds "
+                "one encoder's features; import each encoder's bags separately."
+            )
+        if captions is not None:
+            bag["caption"] = captions.get(bag["slide_id"])
+        yield bag
+    if captions is not None:
+        unmatched = sorted(set(captions) - {path.stem for path in paths})
+        if unmatched:
+            logger.warning("%d caption(s) match no slide, e.g. %s.", len(unmatched), unmatched[:3])
+
+
+def _read_h5_bag(path: Path, options: _Options) -> dict[str, Any]:
+    with _open_h5(path) as handle:
+        features = _h5_dataset(handle, "features", path)
+        coords = _h5_dataset(handle, "coords", path)
+        attr_sets = (coords.attrs, features.attrs, handle.attrs)
+        return _bag(path, features[()], coords[()], attr_sets, options)
+
+
+def _read_pt_bag(path: Path, coords_dir: Path, options: _Options) -> dict[str, Any]:
+    import torch
+
+    try:
+        # weights_only: a .pt file is a pickle, and these come from other people's pipelines.
+        features = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable torch tensor file ({err}).") from err
+    if not isinstance(features, torch.Tensor):
+        raise ValueError(f"{path} holds a {type(features).__name__}, expected a features tensor [N, D].")
+    coords_path = _coords_file(coords_dir, path.stem)
+    with _open_h5(coords_path) as handle:
+        coords = _h5_dataset(handle, "coords", coords_path)
+        bag = _bag(path, features.float().numpy(), coords[()], (coords.attrs, handle.attrs), options)
+    return bag
+
+
+def _coords_file(coords_dir: Path, slide_id: str) -> Path:
+    candidates = [coords_dir / f"{slide_id}.h5", coords_dir / f"{slide_id}_patches.h5"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ValueError(
+        f"slide {slide_id!r}: no patches file in {coords_dir} (looked for {[c.name for c in candidates]}); "
+        "a .pt bag has no coordinates of its own."
+    )
+
+
+@contextmanager
+def _open_h5(path: Path) -> Iterator[h5py.File]:
+    """Open an HDF5 file read-only, turning h5py's OSErrors into ValueErrors that name the file."""
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable HDF5 file ({err}).") from err
+    try:
+        with handle:
+            yield handle
+    except OSError as err:
+        raise ValueError(f"{path}: could not read it ({err}).") from err
+
+
+def _h5_dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
+    node = handle.get(name)
+    if not isinstance(node, h5py.Dataset):
+        raise ValueError(f"{path} has no {name!r} dataset (it has {sorted(handle.keys())}).")
+    return node
+
+
+def _bag(path: Path, features: np.ndarray, coords: np.ndarray, attr_sets: tuple, options: _Options) -> dict:
+    """Check one slide's arrays and resolve its geometry; ``attr_sets`` are searched in order."""
+    if features.ndim == 3 and features.shape[0] == 1:
+        features = features[0]  # some CLAM versions keep a batch axis
+    if features.ndim != 2:
+        raise ValueError(f"{path}: features have shape {features.shape}, expected [N, D].")
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"{path}: coords have shape {coords.shape}, expected [N, 2].")
+    if len(features) != len(coords):
+        raise ValueError(f"{path}: {len(features)} feature rows but {len(coords)} coords; they must pair one to one.")
+    cast = np.asarray(features, dtype=options.dtype)
+    if not np.isfinite(cast).all():
+        why = "" if cast.dtype == features.dtype else f" (or values beyond the {options.dtype} range)"
+        raise ValueError(f"{path}: features contain NaN or Inf{why}.")
+    if np.issubdtype(coords.dtype, np.floating) and not np.array_equal(coords, np.round(coords)):
+        raise ValueError(f"{path}: coords are not whole level-0 pixels.")
+    attr_mpp = _find_attr("mpp", attr_sets)
+    encoder = _find_attr("encoder", attr_sets)
+    return {
+        "slide_id": path.stem,
+        "features": cast,
+        "coords": coords.astype(np.int32),
+        "patch_size_level0": _patch_size_level0(path, attr_sets[0], options.patch_size_level0),
+        "mpp": options.mpp if attr_mpp is None else _valid_mpp(attr_mpp, str(path)),
+        "encoder": options.encoder if encoder is None else str(encoder),
+    }
+
+
+def _patch_size_level0(path: Path, attrs: Mapping[str, Any], override: int | None) -> int:
+    """TRIDENT's ``patch_size_level0``, else CLAM's ``patch_size`` x ``downsample`` of its ``patch_level``."""
+    if override is not None:
+        return int(override)
+    if "patch_size_level0" in attrs:
+        size = int(attrs["patch_size_level0"])
+    elif "patch_size" in attrs and "downsample" in attrs:
+        size = round(float(attrs["patch_size"]) * float(np.ravel(attrs["downsample"])[0]))
+    elif "patch_size" in attrs and int(attrs.get("patch_level", -1)) == 0:
+        size = int(attrs["patch_size"])
+    else:
+        # A bare `patch_size` may be at any magnification: never guess it is level 0.
+        raise ValueError(f"{path}: coords.attrs give no level-0 patch size; {PATCH_SIZE_HINT}.")
+    if size <= 0:
+        raise ValueError(f"{path}: the patch size from coords.attrs is {size}; {PATCH_SIZE_HINT}.")
+    return size
+
+
+def _find_attr(name: str, attr_sets: tuple) -> Any:
+    for attrs in attr_sets:
+        if name in attrs:
+            value = attrs[name]
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def _valid_mpp(mpp: Any, source: str) -> float | None:
+    if mpp is None or np.isnan(float(mpp)):
+        return None  # NaN is how some tools write "unknown"
+    if float(mpp) <= 0:
+        raise ValueError(f"{source}: mpp must be positive (µm per level-0 pixel), got {mpp}.")
+    return float(mpp)
+
+
+def _load_captions(captions: Mapping[str, str] | str | Path | None) -> dict[str, str] | None:
+    """A slide_id -> caption dict from a mapping or a CSV / JSON / JSON-lines file; empty captions drop out."""
+    if captions is None:
+        return None
+    if isinstance(captions, Mapping):
+        pairs = captions.items()
+    else:
+        pairs = _caption_records(Path(captions))
+    return {str(slide_id): str(caption) for slide_id, caption in pairs if caption}
+
+
+def _caption_records(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise ValueError(f"captions file {path} does not exist.")
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            records = list(csv.DictReader(handle))
+    elif path.suffix == ".jsonl":
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif path.suffix == ".json":
+        records = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(records, dict):
+            return list(records.items())
+    else:
+        raise ValueError(f"captions file {path}: expected .csv, .json or .jsonl.")
+    if not all(isinstance(record, dict) and {"slide_id", "caption"} <= record.keys() for record in records):
+        raise ValueError(f"captions file {path}: every record needs 'slide_id' and 'caption' columns.")
+    return [(record["slide_id"], record["caption"]) for record in records]
+
+
+def _check_slide_ids(slide_ids: list[str]) -> None:
+    for slide_id in slide_ids:
+        if not slide_id or Path(slide_id).name != slide_id or slide_id in (".", ".."):
+            raise ValueError(f"slide_id {slide_id!r} cannot be a file name; rename it before exporting.")
+    duplicates = sorted(slide_id for slide_id, count in Counter(slide_ids).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"slide_id(s) {duplicates} appear more than once; each exported file needs its own name.")
+
+
+def _write_h5_atomically(path: Path, row: Mapping[str, Any], feature_dtype: str) -> None:
+    """Write into a temporary name and rename, so a reader never sees a half-written file."""
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with h5py.File(partial, "w") as handle:
+            features = handle.create_dataset("features", data=np.asarray(row["features"], dtype=feature_dtype))
+            coords = handle.create_dataset("coords", data=np.asarray(row["coords"], dtype=np.int32))
+            coords.attrs["patch_size_level0"] = int(row["patch_size_level0"])
+            coords.attrs["name"] = str(row["slide_id"])
+            mpp = row.get("mpp")
+            if mpp is not None and not np.isnan(mpp):  # numpy format reads a null mpp as NaN
+                coords.attrs["mpp"] = float(mpp)
+            if row.get("encoder") is not None:
+                features.attrs["encoder"] = str(row["encoder"])
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,122 @@
+"""Whole-slide reading on OpenSlide (openslide-bin ships the C library, so nothing else to install)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+WHITE = 255
+
+
+class SlideError(ValueError):
+    """A slide that cannot be processed; the message names the slide and the fix."""
+
+
+class SlideReader:
+    """One open slide: geometry, mpp, thumbnails and patch reads in level-0 coordinates.
+
+    Args:
+        path: slide file (any format OpenSlide reads: .svs, .tif, .ndpi, .mrxs, ...).
+        mpp: microns per level-0 pixel, overriding the slide's metadata (needed when it has none).
+    """
+
+    def __init__(self, path: str | Path, *, mpp: float | None = None):
+        import openslide
+
+        self.path = Path(path)
+        self.slide_id = self.path.stem
+        if not self.path.exists():
+            raise SlideError(f"slide {self.slide_id!r}: {self.path} does not exist; check the path.")
+        try:
+            self._slide = openslide.OpenSlide(str(self.path))
+        except openslide.OpenSlideError as error:
+            raise SlideError(
+                f"slide {self.slide_id!r}: {self.path} is not a slide OpenSlide can read ({error}); "
+                "the file may be corrupt or in an unsupported format."
+            ) from error
+        if mpp is not None and mpp <= 0:
+            raise SlideError(f"slide {self.slide_id!r}: --mpp must be > 0, got {mpp}.")
+        self._mpp_override = mpp
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._slide.close()
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) of level 0."""
+        return self._slide.dimensions
+
+    @property
+    def level_count(self) -> int:
+        return self._slide.level_count
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._slide.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self._slide.level_downsamples
+
+    @property
+    def vendor(self) -> str | None:
+        return self._slide.properties.get("openslide.vendor")
+
+    @property
+    def objective_power(self) -> float | None:
+        value = self._slide.properties.get("openslide.objective-power")
+        return float(value) if value else None
+
+    @property
+    def metadata_mpp(self) -> float | None:
+        """mpp from the slide's metadata (mean of x and y), or None."""
+        values = [self._slide.properties.get(f"openslide.mpp-{axis}") for axis in "xy"]
+        values = [float(value) for value in values if value]
+        return sum(values) / len(values) if values and all(v > 0 for v in values) else None
+
+    @property
+    def mpp(self) -> float:
+        """Microns per level-0 pixel: the override, else the metadata; never guessed."""
+        mpp = self._mpp_override or self.metadata_mpp
+        if mpp is None:
+            raise SlideError(
+                f"slide {self.slide_id!r}: no microns-per-pixel (mpp) in its metadata. Pass the scanner's value "
+                "with --mpp (e.g. --mpp 0.5 for a 20x scan, 0.25 for 40x); it is never guessed."
+            )
+        return mpp
+
+    def thumbnail(self, max_size: int) -> np.ndarray:
+        """An RGB thumbnail whose longer side is at most ``max_size``, read from the best level."""
+        image = self._slide.get_thumbnail((max_size, max_size))
+        return np.asarray(image.convert("RGB"))
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 ``[h, w, 3]`` of a region at ``level``; transparent (outside) pixels become white."""
+        rgba = np.asarray(self._slide.read_region(location, level, size))
+        rgb, alpha = rgba[..., :3], rgba[..., 3:]
+        if alpha.min() == WHITE:
+            return np.ascontiguousarray(rgb)
+        blended = rgb.astype(np.float32) * (alpha / 255.0) + WHITE * (1.0 - alpha / 255.0)
+        return blended.round().astype(np.uint8)
+
+    def best_level(self, downsample: float) -> int:
+        """The smallest pyramid level whose downsample does not exceed ``downsample`` (sharpest cheap read)."""
+        return self._slide.get_best_level_for_downsample(downsample * (1 + 1e-6))
+
+    def read_patch(self, x: int, y: int, size_level0: int, out_size: int) -> np.ndarray:
+        """A ``size_level0`` square at level-0 (x, y), read from the best level and resized to ``out_size``."""
+        level = self.best_level(size_level0 / out_size)
+        read_size = max(1, math.ceil(size_level0 / self.level_downsamples[level]))
+        patch = self.read_region((x, y), level, (read_size, read_size))
+        if read_size != out_size:
+            patch = np.asarray(Image.fromarray(patch).resize((out_size, out_size), Image.Resampling.BILINEAR))
+        return patch
