@@ -18,7 +18,7 @@ def test_geometry_and_mpp_of_generated_slides(slide_factory, layout):
 def test_missing_mpp_is_an_error_that_names_the_slide_and_the_override(slide_factory):
     path = slide_factory("no-mpp", layout="aperio", mpp=None)
     with SlideReader(path) as reader, pytest.raises(SlideError, match=r"slide 'no-mpp'.*--mpp.*never guessed"):
-        reader.mpp
+        _ = reader.mpp
     with SlideReader(path, mpp=0.5) as reader:
         assert reader.mpp == 0.5
 
