@@ -237,7 +237,8 @@ def run_extraction(
             report.failed[path.stem] = f"slide {path.stem!r}: {type(error).__name__}: {error}"
     report = _merge_reports(state, report)
     if state.is_main_process:
-        report.dataset = str(build_dataset(output, options.parquet))
+        dataset = build_dataset(output, options.parquet)
+        report.dataset = str(dataset) if dataset else None
         (output / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     state.wait_for_everyone()
     return report
@@ -259,11 +260,11 @@ def _merge_reports(state, report: ExtractionReport) -> ExtractionReport:
     return merged
 
 
-def build_dataset(output: Path, parquet: bool = False) -> Path:
-    """Rebuild ``output/dataset`` from every finished bag file, sorted by slide id."""
+def build_dataset(output: Path, parquet: bool = False) -> Path | None:
+    """Rebuild ``output/dataset`` from every finished bag file, sorted by slide id (None: no bag yet)."""
     bag_files = sorted((output / "bags").glob("*.safetensors"))
     if not bag_files:
-        raise ValueError(f"{output}: no slide was extracted, so there is no dataset to build.")
+        return None
     dimension = read_bag_file(bag_files[0])["features"].shape[1]
     arrow = output / "bags.arrow.partial"
     dataset = write_bags((read_bag_file(path) for path in bag_files), arrow, dimension)

@@ -1,0 +1,120 @@
+"""Tiling/extraction throughput: does our reader pipeline keep up with OpenSlide itself?
+
+On one generated pyramidal slide (and the real slides when ../shared/data is present) it measures,
+over the same patch coordinates, patches per second of
+  (a) a plain loop of OpenSlide `read_region` calls at the level our reader picks,
+  (b) our reader pipeline (PatchReadDataset + DataLoader) with no encoder, per worker count,
+  (c) full extraction with the `stain-texture` encoder,
+and writes bench/results/extract.json. Target: (b) with 0 workers >= 0.9 x (a).
+Run: `python bench/extract.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from processing.encoders import PatchEncoder, load_encoder
+from processing.extract import ExtractionOptions, PatchReadDataset, encode_slide
+from processing.reader import SlideReader
+from processing.tiler import tile_slide
+
+RESULTS = Path(__file__).parent / "results" / "extract.json"
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+class NoEncoder(PatchEncoder):
+    """Reads only: preprocessing is a no-op and nothing is computed."""
+
+    name, dim = "none", 1
+
+    def preprocess(self, patches: torch.Tensor) -> torch.Tensor:
+        return patches
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(pixels), 1)
+
+
+def generated_slide(folder: Path, side: int = 8192) -> Path:
+    """A side x side generated slide: tissue textures in an ellipse on glass, JPEG pyramid, mpp 0.5."""
+    from processing.synthetic import render_texture, write_pyramid
+
+    rng = np.random.default_rng(0)
+    image = render_texture("background", side, side, rng)
+    yy, xx = np.mgrid[0:side, 0:side]
+    inside = ((yy - side / 2) / (side * 0.4)) ** 2 + ((xx - side / 2) / (side * 0.45)) ** 2 < 1
+    kinds = ("tumour", "stroma", "lymphocytes", "necrosis")
+    quadrant = (yy >= side // 2) * 2 + (xx >= side // 2)
+    for index, kind in enumerate(kinds):
+        region = inside & (quadrant == index)
+        image[region] = render_texture(kind, side, side, rng)[region]
+    return write_pyramid(folder / "bench.tiff", image, mpp=0.5, levels=4, compression="jpeg")
+
+
+def plain_openslide(path: Path, coords: np.ndarray, level: int, read_size: int) -> float:
+    """Patches/s of bare `read_region` + RGB conversion."""
+    import openslide
+
+    slide = openslide.OpenSlide(str(path))
+    start = time.perf_counter()
+    for x, y in coords:
+        np.asarray(slide.read_region((int(x), int(y)), level, (read_size, read_size)).convert("RGB"))
+    return len(coords) / (time.perf_counter() - start)
+
+
+def reader_pipeline(path: Path, tiling, num_workers: int, mpp: float | None) -> float:
+    """Patches/s of our DataLoader reading path without an encoder."""
+    dataset = PatchReadDataset(path, tiling, NoEncoder(), mpp)
+    loader = DataLoader(dataset, batch_size=64, num_workers=num_workers, collate_fn=dataset.collate)
+    start = time.perf_counter()
+    count = sum(len(batch) for batch in loader)
+    return count / (time.perf_counter() - start)
+
+
+def measure(path: Path, mpp: float | None = None) -> dict:
+    """All three throughputs on one slide."""
+    with SlideReader(path, mpp=mpp) as reader:
+        tiling = tile_slide(reader)
+        level = reader.best_level(tiling.patch_size_level0 / tiling.patch_size)
+        read_size = math.ceil(tiling.patch_size_level0 / reader.level_downsamples[level])
+    row = {"slide": path.name, "patches": len(tiling.coords), "level": level, "read_size": read_size}
+    row["a_openslide_read_region_patches_per_s"] = plain_openslide(path, tiling.coords, level, read_size)
+    for workers in (0, 2):
+        row[f"b_reader_pipeline_{workers}_workers_patches_per_s"] = reader_pipeline(path, tiling, workers, mpp)
+    options = ExtractionOptions(mpp=mpp, batch_size=64, num_workers=2)
+    start = time.perf_counter()
+    _, features = encode_slide(path, load_encoder("stain-texture"), options, torch.device("cpu"))
+    row["c_full_extraction_stain_texture_patches_per_s"] = len(features) / (time.perf_counter() - start)
+    row["ratio_b0_over_a"] = (
+        row["b_reader_pipeline_0_workers_patches_per_s"] / row["a_openslide_read_region_patches_per_s"]
+    )
+    return row
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        rows.append(measure(generated_slide(Path(folder))))
+    for name, mpp in (("cmu-1-small-region.svs", None), ("tcga-cr-7395-01a-01-ts1.svs", 0.5)):
+        if (SHARED / name).exists():
+            rows.append(measure(SHARED / name, mpp))
+    result = {
+        "benchmark": "patch reading and extraction throughput, 256-px patches at 0.5 mpp",
+        "rows": rows,
+        "target": "ratio_b0_over_a >= 0.9",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

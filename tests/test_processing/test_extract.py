@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
+import numpy as np
+import pytest
+
+from processing.encoders import load_encoder
+from processing.extract import ExtractionOptions, run_extraction
+from processing.tiler import TilingOptions
+
+OPTIONS = ExtractionOptions(batch_size=16, num_workers=0)
+
+
+def _cli(*args, **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "processing.cli", *map(str, args)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+def _rows(folder):
+    dataset = datasets.load_from_disk(str(folder / "dataset")).with_format("numpy")
+    return {row["slide_id"]: row for row in dataset}
+
+
+def test_bad_slides_are_reported_by_name_while_the_others_finish(tmp_path, slide_factory):
+    good = [slide_factory(f"good-{i}", seed=i) for i in range(2)]
+    blank = slide_factory("blank", tissue=False)
+    corrupt = tmp_path / "corrupt.tiff"
+    corrupt.write_bytes(good[0].read_bytes()[:4000])
+    text = tmp_path / "notes.svs"
+    text.write_text("hello")
+    missing = tmp_path / "missing.svs"
+    process = _cli("extract", *good, blank, corrupt, text, missing, "-o", tmp_path / "out", "--num-workers", "0")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    assert "2 extracted, 0 already done, 4 failed" in stdout
+    for name, reason in [
+        ("blank", "no tissue"),
+        ("corrupt", "corrupt"),
+        ("notes", "not a slide"),
+        ("missing", "does not exist"),
+    ]:
+        assert any(name in line and reason in line for line in stdout.splitlines()), (name, stdout)
+    assert sorted(_rows(tmp_path / "out")) == ["good-0", "good-1"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["failed"]) == {"blank", "corrupt", "notes", "missing"}
+    assert (tmp_path / "out" / "tissue" / "good-0.png").exists()
+
+
+def test_dataset_follows_the_bag_contract(tmp_path, slide_factory):
+    encoder = load_encoder("stain-texture")
+    report = run_extraction([slide_factory("contract")], tmp_path, encoder, OPTIONS)
+    assert report.done == ["contract"]
+    row = _rows(tmp_path)["contract"]
+    assert row["features"].shape == (len(row["coords"]), encoder.dim)
+    assert row["patch_size_level0"] == 256 and row["mpp"] == pytest.approx(0.5)
+    assert row["encoder"] == "stain-texture"
+    assert (row["coords"] % 256 == 0).all()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["encoder"]["name"] == "stain-texture" and manifest["versions"]["torch"]
+    again = run_extraction([slide_factory("contract")], tmp_path, encoder, OPTIONS)
+    assert again.already_done == ["contract"] and not again.done
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, slide_factory):
+    encoder = load_encoder("stain-texture")
+    run_extraction([slide_factory("settings")], tmp_path, encoder, OPTIONS)
+    other = ExtractionOptions(tiling=TilingOptions(patch_size=128), batch_size=16, num_workers=0)
+    with pytest.raises(ValueError, match="other settings"):
+        run_extraction([slide_factory("settings")], tmp_path, encoder, other)
+
+
+def test_a_run_killed_midway_resumes_with_each_slide_exactly_once(tmp_path, slide_factory):
+    slides = [slide_factory(f"kill-{i}", seed=10 + i, size=(3072, 4096)) for i in range(5)]
+    clean = tmp_path / "clean"
+    run_extraction(slides, clean, load_encoder("stain-texture"), OPTIONS)
+    killed = tmp_path / "killed"
+    process = _cli("extract", *slides, "-o", killed, "--num-workers", "0", "--batch-size", "16")
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((killed / "bags").glob("*.safetensors"))) < 2:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = len(list((killed / "bags").glob("*.safetensors")))
+    assert 2 <= finished_before < 5, "the kill should land mid-way"
+    rerun = _cli("extract", *slides, "-o", killed, "--num-workers", "0", "--batch-size", "16")
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert f"{5 - finished_before} extracted, {finished_before} already done, 0 failed" in stdout
+    assert not list((killed / "bags").glob("*.partial"))
+    resumed, expected = _rows(killed), _rows(clean)
+    assert sorted(resumed) == sorted(expected) == [f"kill-{i}" for i in range(5)]
+    for slide_id, row in expected.items():
+        assert np.array_equal(resumed[slide_id]["coords"], row["coords"])
+        assert np.array_equal(resumed[slide_id]["features"], row["features"])
+
+
+def test_worker_processes_read_the_same_patches(tmp_path, slide_factory):
+    slide = slide_factory("workers")
+    encoder = load_encoder("stain-texture")
+    run_extraction([slide], tmp_path / "serial", encoder, OPTIONS)
+    parallel = ExtractionOptions(batch_size=16, num_workers=2)
+    run_extraction([slide], tmp_path / "parallel", encoder, parallel)
+    a, b = _rows(tmp_path / "serial")["workers"], _rows(tmp_path / "parallel")["workers"]
+    assert np.array_equal(a["features"], b["features"])
+
+
+def test_real_slide_without_mpp_fails_clearly_and_extracts_with_the_override(tmp_path, tcga_slide):
+    process = _cli("extract", tcga_slide, "-o", tmp_path / "no-mpp", "--num-workers", "0")
+    stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert "tcga-cr-7395-01a-01-ts1" in stdout and "--mpp" in stdout
+    process = _cli("extract", tcga_slide, "-o", tmp_path / "mpp", "--num-workers", "0", "--mpp", "0.5")
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    row = _rows(tmp_path / "mpp")["tcga-cr-7395-01a-01-ts1"]
+    assert len(row["coords"]) > 50 and row["mpp"] == pytest.approx(0.5)
