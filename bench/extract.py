@@ -11,6 +11,7 @@ Run: `python bench/extract.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -27,6 +28,8 @@ from processing.reader import SlideReader
 from processing.tiler import tile_slide
 
 RESULTS = Path(__file__).parent / "results" / "extract.json"
+MIN_READS = 1000
+REPEATS = 3
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
@@ -40,6 +43,9 @@ class NoEncoder(PatchEncoder):
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         return torch.zeros(len(pixels), 1)
+
+    def to(self, device: torch.device | str) -> NoEncoder:
+        return self
 
 
 def generated_slide(folder: Path, side: int = 8192) -> Path:
@@ -56,6 +62,11 @@ def generated_slide(folder: Path, side: int = 8192) -> Path:
         region = inside & (quadrant == index)
         image[region] = render_texture(kind, side, side, rng)[region]
     return write_pyramid(folder / "bench.tiff", image, mpp=0.5, levels=4, compression="jpeg")
+
+
+def best_of(repeats: int, measure_once, *args) -> float:
+    """The highest of ``repeats`` throughputs: this machine's noise only ever slows a run down."""
+    return max(measure_once(*args) for _ in range(repeats))
 
 
 def plain_openslide(path: Path, coords: np.ndarray, level: int, read_size: int) -> float:
@@ -85,12 +96,19 @@ def measure(path: Path, mpp: float | None = None) -> dict:
         level = reader.best_level(tiling.patch_size_level0 / tiling.patch_size)
         read_size = math.ceil(tiling.patch_size_level0 / reader.level_downsamples[level])
     row = {"slide": path.name, "patches": len(tiling.coords), "level": level, "read_size": read_size}
-    row["a_openslide_read_region_patches_per_s"] = plain_openslide(path, tiling.coords, level, read_size)
+    # Small slides are cycled to MIN_READS reads so that one-off costs (opening, warm-up) do not dominate.
+    tiling = dataclasses.replace(tiling, coords=np.resize(tiling.coords, (max(MIN_READS, len(tiling.coords)), 2)))
+    row["reads_timed"] = len(tiling.coords)
+    row["a_openslide_read_region_patches_per_s"] = best_of(
+        REPEATS, plain_openslide, path, tiling.coords, level, read_size
+    )
     for workers in (0, 2):
-        row[f"b_reader_pipeline_{workers}_workers_patches_per_s"] = reader_pipeline(path, tiling, workers, mpp)
+        row[f"b_reader_pipeline_{workers}_workers_patches_per_s"] = best_of(
+            REPEATS, reader_pipeline, path, tiling, workers, mpp
+        )
     options = ExtractionOptions(mpp=mpp, batch_size=64, num_workers=2)
     start = time.perf_counter()
-    _, features = encode_slide(path, load_encoder("stain-texture"), options, torch.device("cpu"))
+    _, features = encode_slide(path, load_encoder("stain-texture"), options, torch.device("cpu"))  # real tiling
     row["c_full_extraction_stain_texture_patches_per_s"] = len(features) / (time.perf_counter() - start)
     row["ratio_b0_over_a"] = (
         row["b_reader_pipeline_0_workers_patches_per_s"] / row["a_openslide_read_region_patches_per_s"]

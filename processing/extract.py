@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .bags import save_dataset, write_bags
 from .encoders import PatchEncoder
-from .reader import SlideError, SlideReader
+from .reader import SlideError, SlideReader, resize_patches
 from .tiler import Tiling, TilingOptions, tile_slide
 from .tissue import save_overlay
 
@@ -101,15 +101,16 @@ class PatchReadDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tiling.coords)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> np.ndarray:
         if self._reader is None:
             self._reader = SlideReader(self.path, mpp=self.mpp)
         x, y = self.tiling.coords[index]
-        patch = self._reader.read_patch(int(x), int(y), self.tiling.patch_size_level0, self.tiling.patch_size)
-        return torch.from_numpy(patch).permute(2, 0, 1)
+        tiling = self.tiling
+        return self._reader.read_patch(int(x), int(y), tiling.patch_size_level0, tiling.patch_size, resize=False)
 
-    def collate(self, patches: list[torch.Tensor]) -> torch.Tensor:
-        return self.encoder.preprocess(torch.stack(patches))
+    def collate(self, patches: list[np.ndarray]) -> torch.Tensor:
+        pixels = resize_patches(torch.from_numpy(np.stack(patches)), self.tiling.patch_size)
+        return self.encoder.preprocess(pixels)
 
 
 def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, device: torch.device) -> tuple:

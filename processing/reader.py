@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 WHITE = 255
@@ -101,22 +102,39 @@ class SlideReader:
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 ``[h, w, 3]`` of a region at ``level``; transparent (outside) pixels become white."""
-        rgba = np.asarray(self._slide.read_region(location, level, size))
-        rgb, alpha = rgba[..., :3], rgba[..., 3:]
-        if alpha.min() == WHITE:
-            return np.ascontiguousarray(rgb)
-        blended = rgb.astype(np.float32) * (alpha / 255.0) + WHITE * (1.0 - alpha / 255.0)
-        return blended.round().astype(np.uint8)
+        return np.array(self._read_rgb(location, level, size))
+
+    def _read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        # PIL's C paths: converting through numpy here costs as much as decoding the tiles.
+        region = self._slide.read_region(location, level, size)
+        if region.getchannel("A").getextrema()[0] < WHITE:
+            region = Image.alpha_composite(Image.new("RGBA", region.size, (WHITE,) * 4), region)
+        return region.convert("RGB")
 
     def best_level(self, downsample: float) -> int:
         """The smallest pyramid level whose downsample does not exceed ``downsample`` (sharpest cheap read)."""
         return self._slide.get_best_level_for_downsample(downsample * (1 + 1e-6))
 
-    def read_patch(self, x: int, y: int, size_level0: int, out_size: int) -> np.ndarray:
-        """A ``size_level0`` square at level-0 (x, y), read from the best level and resized to ``out_size``."""
+    def read_patch(self, x: int, y: int, size_level0: int, out_size: int, *, resize: bool = True) -> np.ndarray:
+        """A ``size_level0`` square at level-0 (x, y), read from the best level, ``[out_size, out_size, 3]``.
+
+        With ``resize=False`` the square is returned as read (batches are resized at once, see `resize_patches`).
+        """
         level = self.best_level(size_level0 / out_size)
         read_size = max(1, math.ceil(size_level0 / self.level_downsamples[level]))
-        patch = self.read_region((x, y), level, (read_size, read_size))
-        if read_size != out_size:
-            patch = np.asarray(Image.fromarray(patch).resize((out_size, out_size), Image.Resampling.BILINEAR))
+        patch = np.array(self._read_rgb((x, y), level, (read_size, read_size)))
+        if resize and read_size != out_size:
+            patch = resize_patches(torch.from_numpy(patch[None]), out_size)[0].permute(1, 2, 0).numpy()
         return patch
+
+
+def resize_patches(patches: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> uint8 ``[B, 3, size, size]``, antialiased bilinear.
+
+    torch's uint8 channels-last kernel is ~5x faster than PIL per patch on a 2-core CPU, which matters when
+    slide and target resolutions differ slightly (e.g. 257 -> 256 px at mpp 0.499).
+    """
+    patches = patches.permute(0, 3, 1, 2)
+    if patches.shape[-1] == size and patches.shape[-2] == size:
+        return patches
+    return torch.nn.functional.interpolate(patches, size=(size, size), mode="bilinear", antialias=True)
