@@ -64,9 +64,10 @@ def command_extract(args: argparse.Namespace) -> int:
         parquet=args.parquet,
     )
     report = run_extraction(find_slides(args.slides), args.output, load_encoder(args.encoder), options)
-    print(report.summary())
-    if report.dataset:
-        print(f"dataset: {report.dataset}")
+    if report.is_main_process:
+        print(report.summary())
+        if report.dataset:
+            print(f"dataset: {report.dataset}")
     return 1 if report.failed else 0
 
 

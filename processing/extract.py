@@ -8,7 +8,8 @@ Layout of an output folder::
     report.json                the last run: done, already done, failed (with reasons)
     dataset/                   the feature-bag dataset (DESIGN §3), rebuilt from bags/ at the end
 
-Slides are split across processes when launched with ``accelerate launch`` (or torchrun).
+Slides are split across processes when launched with ``torchrun`` or ``accelerate launch`` (on GPUs;
+accelerate's multi-process CPU mode needs MPI, torchrun does not).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class ExtractionReport:
     already_done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     dataset: str | None = None
+    processes: int = 1
+    is_main_process: bool = True
 
     def summary(self) -> str:
         lines = [f"{len(self.done)} extracted, {len(self.already_done)} already done, {len(self.failed)} failed"]
@@ -210,7 +213,8 @@ def run_extraction(
     """
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True lets a GPU-less torchrun launch join one gloo group instead of running alone n times.
+    state = PartialState(cpu=not torch.cuda.is_available())
     output = Path(output)
     if state.is_main_process:
         check_manifest(output, _manifest(encoder, options))
@@ -237,6 +241,7 @@ def run_extraction(
             logger.debug(traceback.format_exc())
             report.failed[path.stem] = f"slide {path.stem!r}: {type(error).__name__}: {error}"
     report = _merge_reports(state, report)
+    report.processes, report.is_main_process = state.num_processes, state.is_main_process
     if state.is_main_process:
         dataset = build_dataset(output, options.parquet)
         report.dataset = str(dataset) if dataset else None

@@ -126,3 +126,20 @@ def test_real_slide_without_mpp_fails_clearly_and_extracts_with_the_override(tmp
     assert process.returncode == 0, stderr
     row = _rows(tmp_path / "mpp")["tcga-cr-7395-01a-01-ts1"]
     assert len(row["coords"]) > 50 and row["mpp"] == pytest.approx(0.5)
+
+
+def test_torchrun_splits_slides_across_processes_and_merges_them(tmp_path, slide_factory):
+    slides = [slide_factory(f"split-{i}", seed=20 + i) for i in range(3)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*torchrun, "-m", "processing.cli", "extract", *map(str, slides), "-o", str(tmp_path), "--num-workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("3 extracted, 0 already done, 0 failed") == 1, "one summary, from the main process"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["processes"] == 2 and sorted(report["done"]) == [f"split-{i}" for i in range(3)]
+    assert sorted(_rows(tmp_path)) == [f"split-{i}" for i in range(3)]
