@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from processing.encoders import load_encoder
-from processing.extract import ExtractionOptions, run_extraction
+from processing.extract import ExtractionOptions, build_dataset, run_extraction
 from processing.tiler import TilingOptions
 
 OPTIONS = ExtractionOptions(batch_size=16, num_workers=0)
@@ -71,6 +71,10 @@ def test_dataset_follows_the_bag_contract(tmp_path, slide_factory):
     assert manifest["encoder"]["name"] == "stain-texture" and manifest["versions"]["torch"]
     again = run_extraction([slide_factory("contract")], tmp_path, encoder, OPTIONS)
     assert again.already_done == ["contract"] and not again.done
+    build_dataset(tmp_path, parquet=True)
+    shards = sorted(str(path) for path in (tmp_path / "dataset_parquet").glob("*.parquet"))
+    from_parquet = datasets.load_dataset("parquet", data_files=shards, split="train").with_format("numpy")[0]
+    assert np.array_equal(from_parquet["features"], row["features"])
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, slide_factory):
