@@ -63,7 +63,12 @@ class PathFLIPConfig(PretrainedConfig):
 
     model_type = "pathflip"
     sub_configs = {"qformer_config": Blip2QFormerConfig, "text_config": AutoConfig}
-    keys_to_ignore_at_inference = ["logits_per_slide", "logits_per_text"]
+    # Trainer evaluation concatenates the other outputs over batches: keep only slide and text embeddings
+    # (per-batch logits and ragged region tensors cannot be concatenated).
+    keys_to_ignore_at_inference = [
+        "logits_per_slide", "logits_per_text", "region_embeds", "region_attention_mask", "subcaption_embeds",
+        "loss_slide", "loss_region",
+    ]  # fmt: skip
 
     def __init__(
         self,

@@ -1,0 +1,1 @@
+"""Metrics and evaluation runners for PathFLIP (zero-shot classification, retrieval, grounding)."""

@@ -1,0 +1,114 @@
+"""train.py end to end on a generated feature-bag dataset (tiny config, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModel, AutoProcessor
+
+ROOT = Path(__file__).resolve().parents[2]
+TISSUES = "tumour stroma necrosis fat lymphocytes nuclei carcinoma cells".split()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tokenizer, config_factory, bag_factory):
+    """A tiny config + tokenizer folder and a feature-bag dataset with train and test splits."""
+    from processing.bags import write_bags
+
+    folder = tmp_path_factory.mktemp("train")
+    config_factory(context_dropout=0.0).save_pretrained(folder / "config")
+    tokenizer.save_pretrained(folder / "config")
+    splits = {}
+    for split, indices in (("train", range(8)), ("test", range(8, 12))):
+        bags = []
+        for i in indices:
+            bag = bag_factory(i, 20 + 2 * (i % 5))
+            bag["caption"] = f"{TISSUES[i % 8].capitalize()} in the left region. There are {i % 4 + 1} large areas."
+            bags.append(bag)
+        dataset = write_bags(bags, folder / f"{split}.arrow", 16)
+        splits[split] = dataset.add_column("label", [i % 2 for i in indices])
+    datasets.DatasetDict(splits).save_to_disk(str(folder / "dataset"))
+    return folder
+
+
+def _arguments(workspace: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset_name_or_path", str(workspace / "dataset"), "--eval_split", "test",
+        "--config_name", str(workspace / "config"), "--tokenizer_name", str(workspace / "config"),
+        "--output_dir", str(output), "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+        "--learning_rate", "1e-3", "--max_steps", "4", "--logging_steps", "2", "--report_to", "none",
+        "--max_regions", "3", "--class_names", "tumour", "stroma", "--seed", "0", "--use_cpu",
+        "--dataloader_num_workers", "0", *extra,
+    ]  # fmt: skip
+
+
+def _run(arguments: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    command = [*(launcher or [sys.executable]), str(ROOT / "train.py"), *arguments]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+
+
+def test_training_a_few_steps_then_reloading_the_output(workspace, tmp_path):
+    output = tmp_path / "run"
+    result = _run(_arguments(workspace, output, "--do_train", "--do_eval", "--save_steps", "2"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((output / "all_results.json").read_text())
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "eval_retrieval_slide_to_text_r1",
+        "eval_retrieval_text_to_slide_r5",
+        "eval_zero_shot_balanced_accuracy",
+    ):
+        assert key in metrics, key
+    assert list(output.glob("checkpoint-*/model.safetensors"))
+    model = AutoModel.from_pretrained(output)
+    processor = AutoProcessor.from_pretrained(output)
+    assert model.config.patch_dim == 16 and processor.max_regions_train == 3
+    dataset = datasets.load_from_disk(str(workspace / "dataset"))["test"].with_format("numpy")
+    with torch.no_grad():
+        assert torch.isfinite(model(**processor([dataset[0], dataset[1]])).loss)
+
+
+def test_torchrun_with_two_processes(workspace, tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = _run(_arguments(workspace, tmp_path / "ddp", "--do_train", "--per_device_train_batch_size", "2"), launcher)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "ddp" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.remove_columns("features"), r"no \['features'\] column"),
+        (lambda d: d.rename_column("caption", "text"), r"no caption column 'caption'"),
+        (
+            lambda d: d.map(lambda row, i: {"caption": "" if i == 2 else row["caption"]}, with_indices=True),
+            r"slide-2 \(row 2\): empty caption",
+        ),
+    ],
+)
+def test_bad_datasets_stop_before_training(workspace, tmp_path, change, message):
+    broken = datasets.load_from_disk(str(workspace / "dataset"))
+    broken["train"] = change(broken["train"])
+    broken.save_to_disk(str(tmp_path / "broken"))
+    arguments = _arguments(workspace, tmp_path / "out", "--do_train")
+    arguments[1] = str(tmp_path / "broken")
+    result = _run(arguments)
+    assert result.returncode != 0
+    assert pytest.importorskip("re").search(message, result.stderr), result.stderr[-2000:]
+
+
+def test_wrong_feature_dimension_names_the_fix(workspace, tmp_path, config_factory):
+    config_factory(patch_dim=32).save_pretrained(tmp_path / "config32")
+    arguments = _arguments(workspace, tmp_path / "out", "--do_train")
+    arguments[arguments.index("--config_name") + 1] = str(tmp_path / "config32")
+    result = _run(arguments)
+    assert result.returncode != 0 and "16-dim features but the model expects patch_dim=32" in result.stderr
