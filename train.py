@@ -13,14 +13,21 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
 import transformers
-from transformers import AutoModel, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    HfArgumentParser,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from eval.metrics import classification_metrics, retrieval_metrics, zero_shot_probabilities
 from modeling_pathflip import PathFLIPConfig, PathFLIPModel, PathFLIPProcessor
@@ -52,6 +59,31 @@ class DataArguments:
         default_factory=lambda: ["{}.", "an H&E image of {}.", "a whole slide image showing {}."],
         metadata={"help": "Zero-shot prompt ensemble; '{}' is replaced by the class name."},
     )
+
+
+class EpochCollator:
+    """Training collator: regions and subcaptions are drawn from (seed, epoch, slide id).
+
+    Unlike the global RNG this survives a kill and `--resume_from_checkpoint` exactly: the batches a
+    dataloader had prefetched before the checkpoint are redrawn identically after it.
+    """
+
+    def __init__(self, processor: PathFLIPProcessor):
+        self.processor = processor
+        self.epoch = 0
+
+    def __call__(self, rows: list[dict]):
+        return self.processor(rows, training=True, sampling_round=self.epoch)
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the `EpochCollator` which epoch is starting (also when a run resumes mid-epoch)."""
+
+    def __init__(self, collator: EpochCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch + 1e-6) if state.epoch else 0
 
 
 class PathFLIPTrainer(Trainer):
@@ -184,12 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
         else None
     )
 
+    collator = EpochCollator(processor)
     trainer = PathFLIPTrainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=partial(processor, training=True),
+        data_collator=collator,
+        callbacks=[EpochCallback(collator)],
         eval_data_collator=processor,
         processing_class=processor,
         compute_metrics=make_compute_metrics(model, processor, labels, data_args) if eval_set is not None else None,

@@ -121,14 +121,19 @@ def keep_regions(layout: RegionLayout, keep: torch.Tensor) -> RegionLayout:
 
 
 def layout_bag(
-    bag: Mapping[str, Any], position: int, patch_dim: int, region_grid_size: int, max_regions: int | None = None
+    bag: Mapping[str, Any],
+    position: int,
+    patch_dim: int,
+    region_grid_size: int,
+    max_regions: int | None = None,
+    rng: random.Random | None = None,
 ) -> RegionLayout:
-    """Validate a bag and group it into regions; keep ``max_regions`` random regions when given."""
+    """Validate a bag and group it into regions; keep ``max_regions`` regions drawn with ``rng`` when given."""
     name, features, coords, patch_size = validate_bag(bag, position, patch_dim)
     index, cells = group_into_regions(name, coords, patch_size, region_grid_size)
     layout = RegionLayout(name, features, coords, index, cells)
     if max_regions and cells.shape[0] > max_regions:
-        keep = sorted(random.sample(range(cells.shape[0]), max_regions))
+        keep = sorted((rng or random).sample(range(cells.shape[0]), max_regions))
         layout = keep_regions(layout, torch.tensor(keep))
     return layout
 
@@ -225,6 +230,7 @@ class PathFLIPProcessor(ProcessorMixin):
         text: str | Sequence[str] | None = None,
         *,
         training: bool = False,
+        sampling_round: int | None = None,
         return_loss: bool | None = None,
         return_coords: bool = False,
         **kwargs: Any,
@@ -234,9 +240,11 @@ class PathFLIPProcessor(ProcessorMixin):
         Args:
             bags: one bag or a list of bags. Without bags, ``text`` is just tokenised (e.g. prompts).
             text: captions, one per bag (default: each bag's ``caption``).
-            training: sample ``max_regions_train`` regions and subcaptions at random (global RNG, so
-                `Trainer` checkpoints restore it); otherwise everything is kept and subcaptions are
-                drawn deterministically from ``seed`` and the slide id.
+            training: sample ``max_regions_train`` regions and fresh subcaptions; otherwise every region
+                is kept and subcaptions are drawn deterministically from ``seed`` and the slide id.
+            sampling_round: with ``training``, draw from ``seed``, this round (e.g. the epoch) and the
+                slide id instead of Python's global RNG, so a resumed run redraws exactly the same
+                samples whatever was prefetched before it stopped.
             return_loss: ask for the losses (default: when captions are present); then every bag
                 needs a non-empty caption, and subcaptions are added.
             return_coords: also return ``patch_coords [B, N, 2]`` aligned with ``patch_features``.
@@ -251,16 +259,17 @@ class PathFLIPProcessor(ProcessorMixin):
         if not bags:
             raise ValueError("Got an empty list of bags.")
         max_regions = self.max_regions_train if training else None
+        rngs = [self._rng(bag_name(bag, position), training, sampling_round) for position, bag in enumerate(bags)]
         layouts = [
-            layout_bag(bag, position, self.patch_dim, self.region_grid_size, max_regions)
-            for position, bag in enumerate(bags)
+            layout_bag(bag, position, self.patch_dim, self.region_grid_size, max_regions, rng)
+            for position, (bag, rng) in enumerate(zip(bags, rngs, strict=True))
         ]
         batch = pad_layouts(layouts, return_coords)
         captions = self._captions(bags, text)
         if return_loss is None:
             return_loss = any(caption not in (None, "") for caption in captions)
         if return_loss:
-            batch.update(self._loss_text(bags, layouts, captions, training))
+            batch.update(self._loss_text(bags, layouts, captions, rngs))
             batch["return_loss"] = True
         return BatchFeature(batch)
 
@@ -285,15 +294,20 @@ class PathFLIPProcessor(ProcessorMixin):
             raise ValueError(f"Got {len(captions)} captions for {len(bags)} bags; give one caption per bag.")
         return captions
 
-    def _loss_text(self, bags: list, layouts: list[RegionLayout], captions: list, training: bool) -> dict:
+    def _rng(self, name: str, training: bool, sampling_round: int | None):
+        """The random source of one bag: global in plain training, else seeded by the bag's name."""
+        if training and sampling_round is None:
+            return random
+        return random.Random(f"{self.seed}:{sampling_round if training else 'eval'}:{name}")
+
+    def _loss_text(self, bags: list, layouts: list[RegionLayout], captions: list, rngs: list) -> dict:
         subcaptions = []
-        for bag, layout, caption in zip(bags, layouts, captions, strict=True):
+        for bag, layout, caption, rng in zip(bags, layouts, captions, rngs, strict=True):
             if caption is None or not str(caption).strip():
                 raise ValueError(
                     f"{layout.name}: empty caption, but a loss was requested. Give the slide a caption, drop it "
                     "from the training set, or call with return_loss=False for embeddings only."
                 )
-            rng = random if training else random.Random(f"{self.seed}:{layout.name}")
             subcaptions.extend(
                 sample_subcaptions(
                     str(caption),

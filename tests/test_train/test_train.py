@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -112,3 +114,29 @@ def test_wrong_feature_dimension_names_the_fix(workspace, tmp_path, config_facto
     arguments[arguments.index("--config_name") + 1] = str(tmp_path / "config32")
     result = _run(arguments)
     assert result.returncode != 0 and "16-dim features but the model expects patch_dim=32" in result.stderr
+
+
+def test_killed_after_a_checkpoint_then_resumed_reaches_the_same_weights(workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    steps = ["--do_train", "--max_steps", "8", "--save_steps", "2", "--per_device_train_batch_size", "2"]
+    straight = _run(_arguments(workspace, tmp_path / "straight", *steps))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    output = tmp_path / "killed"
+    command = [sys.executable, str(ROOT / "train.py"), *_arguments(workspace, output, *steps)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (output / "checkpoint-4" / "trainer_state.json").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (output / "model.safetensors").exists(), "the kill should land before the end"
+    checkpoint = max(output.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    resumed = _run(_arguments(workspace, output, *steps, "--resume_from_checkpoint", str(checkpoint.parent)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = load_file(tmp_path / "straight" / "model.safetensors"), load_file(output / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=0, msg=name)
