@@ -51,8 +51,11 @@ class DataArguments:
     dataset_name_or_path: str = field(metadata={"help": "A save_to_disk folder or a `load_dataset` name."})
     train_split: str = field(default="train")
     eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation (default: none)."})
+    features_column: str = field(default="features", metadata={"help": "Column of the [N, D] patch features."})
+    coords_column: str = field(default="coords", metadata={"help": "Column of the [N, 2] level-0 coordinates."})
     caption_column: str = field(default="caption")
     label_column: str = field(default="label")
+    num_subcaptions: int | None = field(default=None, metadata={"help": "Subcaptions per slide (default: config)."})
     max_regions: int | None = field(default=24, metadata={"help": "Regions sampled per slide in training."})
     class_names: list[str] | None = field(default=None, metadata={"help": "Zero-shot class names, label order."})
     prompt_templates: list[str] = field(
@@ -111,7 +114,9 @@ def load_splits(args: DataArguments) -> datasets.DatasetDict:
         loaded = datasets.load_dataset(args.dataset_name_or_path)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({args.train_split: loaded})
-    return loaded
+    renames = {args.features_column: "features", args.coords_column: "coords"}
+    renames = {old: new for old, new in renames.items() if old != new}
+    return loaded.rename_columns(renames) if renames else loaded
 
 
 def check_dataset(dataset: datasets.Dataset, name: str, config: PathFLIPConfig, caption_column: str) -> None:
@@ -208,7 +213,12 @@ def main(argv: list[str] | None = None) -> dict:
             check_dataset(split, name, model.config, data_args.caption_column)
     if model_args.freeze_text_model:
         model.text_model.requires_grad_(False)
-    processor = PathFLIPProcessor.from_model_config(tokenizer, model.config, max_regions_train=data_args.max_regions)
+    processor = PathFLIPProcessor.from_model_config(
+        tokenizer,
+        model.config,
+        max_regions_train=data_args.max_regions,
+        num_subcaptions=data_args.num_subcaptions or model.config.num_subcaptions,
+    )
     train_set, eval_set = (split.with_format("numpy") if split is not None else None for split in (train_set, eval_set))
     labels = (
         eval_set[data_args.label_column]

@@ -89,6 +89,29 @@ def command_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_decompose(args: argparse.Namespace) -> int:
+    """Decompose captions into a `subcaptions` column with a local causal LM."""
+    import datasets
+
+    from .bags import save_dataset
+    from .decompose import decompose_dataset
+
+    loaded = datasets.load_from_disk(args.dataset)
+    splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"": loaded}
+    result = {}
+    for name, split in splits.items():
+        result[name], report = decompose_dataset(
+            split, args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+        )
+        print(f"{name or 'dataset'}: {report.rows} captions, {report.fallbacks} kept the rule-based split")
+    output = datasets.DatasetDict(result) if isinstance(loaded, datasets.DatasetDict) else result[""]
+    if isinstance(output, datasets.DatasetDict):
+        output.save_to_disk(args.output)
+    else:
+        save_dataset(output, args.output)
+    return 0
+
+
 def command_doctor(args: argparse.Namespace) -> int:
     """Report versions, OpenSlide, the device and writable cache folders."""
     from .doctor import run_checks
@@ -127,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--mpp", type=float, help="microns per level-0 pixel, if the files lack it")
     importer.add_argument("--captions", help="CSV or JSON with slide_id and caption columns")
     importer.set_defaults(run=command_import)
+
+    decompose = commands.add_parser("decompose", help=command_decompose.__doc__)
+    decompose.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
+    decompose.add_argument("--model", required=True, help="local causal LM folder or Hub id")
+    decompose.add_argument("--output", "-o", required=True, help="dataset folder to write")
+    decompose.add_argument("--batch-size", type=int, default=8)
+    decompose.add_argument("--max-new-tokens", type=int, default=200)
+    decompose.set_defaults(run=command_decompose)
 
     doctor = commands.add_parser("doctor", help=command_doctor.__doc__)
     doctor.set_defaults(run=command_doctor)
