@@ -157,3 +157,13 @@ def bag_inputs():
     from modeling_pathflip import BAG_INPUT_NAMES
 
     return lambda batch: {key: batch[key] for key in BAG_INPUT_NAMES}
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a test's own process group."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,7 +1,6 @@
 """Both losses over a global batch split across two gloo processes equal the single-process losses."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -57,18 +56,12 @@ def _worker(rank: int, world_size: int, port: int, results: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_two_processes_match_one_process():
+def test_two_processes_match_one_process(free_port):
     expected_loss, expected_parameter_grads, expected_embedding_grads = _losses(slice(0, BATCH))
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port, results), nprocs=2, join=True)
     losses = [results[rank][0] for rank in range(2)]
     torch.testing.assert_close(sum(losses) / 2, expected_loss, atol=1e-5, rtol=0)
     for got, expected in zip(results[0][1], expected_parameter_grads, strict=True):

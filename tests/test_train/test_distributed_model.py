@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -39,13 +38,7 @@ def _worker(rank, world_size, port, state, config, tokenizer, bags, results):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_processes_give_the_single_process_loss_and_gradients(config_factory, tokenizer, bag_factory):
+def test_two_processes_give_the_single_process_loss_and_gradients(config_factory, tokenizer, bag_factory, free_port):
     from modeling_pathflip import PathFLIPModel
 
     config = config_factory()
@@ -54,7 +47,7 @@ def test_two_processes_give_the_single_process_loss_and_gradients(config_factory
     bags = [bag_factory(i, 15 + 4 * i) for i in range(GLOBAL_BATCH)]
     expected_loss, expected_grads = _loss_and_grads(0, 1, state, config, tokenizer, bags)
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), state, config, tokenizer, bags, results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port, state, config, tokenizer, bags, results), nprocs=2, join=True)
     for rank in range(2):
         loss, grads = results[rank]
         torch.testing.assert_close(loss, expected_loss, atol=1e-5, rtol=0)
