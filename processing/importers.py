@@ -369,3 +369,8 @@ def _write_h5_atomically(path: Path, row: Mapping[str, Any], feature_dtype: str)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def read_h5_bag(path: str | Path, *, patch_size_level0: int | None = None, mpp: float | None = None) -> dict[str, Any]:
+    """One TRIDENT/CLAM ``.h5`` bag as a dataset row (the same rules as `import_h5_folder`)."""
+    return _read_h5_bag(Path(path), _options(patch_size_level0, mpp, None, "float32"))

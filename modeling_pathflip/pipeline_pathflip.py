@@ -1,0 +1,179 @@
+"""PathFLIP tasks as `transformers.pipeline()`s (DESIGN §7).
+
+Every task takes a bag (a dict or `datasets` row with features, coords and patch_size_level0) or a
+path (dataset folder, TRIDENT/CLAM .h5, extracted .safetensors bag, or a slide file, which the
+`pathflip` package tiles and encodes); a list of inputs gives a list of results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import Pipeline
+
+from .processing_pathflip import BAG_INPUT_NAMES
+
+DEFAULT_TEMPLATES = ("{}.", "an H&E image of {}.", "a whole slide image showing {}.")
+
+
+def load_bags(inputs: Any, patch_encoder: str | None = None, mpp: float | None = None) -> list[Mapping[str, Any]]:
+    """Bags from a bag mapping or a path (paths need the `pathflip` package)."""
+    if isinstance(inputs, Mapping):
+        return [inputs]
+    try:
+        from processing.inputs import load_bags as load_from_path
+    except ImportError as error:
+        raise ImportError(
+            f"reading {inputs!r} needs the pathflip package (pip install pathflip); or pass the bag as a dict "
+            "with features, coords and patch_size_level0."
+        ) from error
+    return load_from_path(inputs, encoder=patch_encoder, mpp=mpp)
+
+
+class _SlidePipeline(Pipeline):
+    """Shared parts: processor only, one slide per forward, bag loading."""
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    preprocess_options: tuple[str, ...] = ("patch_encoder", "mpp")
+    postprocess_options: tuple[str, ...] = ()
+
+    def _sanitize_parameters(self, **kwargs):
+        unknown = set(kwargs) - set(self.preprocess_options) - set(self.postprocess_options)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown option(s) {sorted(unknown)}; it takes "
+                f"{sorted(self.preprocess_options + self.postprocess_options)}."
+            )
+        pre = {key: kwargs[key] for key in self.preprocess_options if key in kwargs}
+        post = {key: kwargs[key] for key in self.postprocess_options if key in kwargs}
+        return pre, {}, post
+
+    def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, (list, tuple)):
+            return [super(_SlidePipeline, self).__call__(item, **kwargs) for item in inputs]
+        return super().__call__(inputs, **kwargs)
+
+    def _bag_batch(self, inputs, patch_encoder=None, mpp=None) -> dict[str, Any]:
+        bags = load_bags(inputs, patch_encoder or getattr(self.model.config, "patch_encoder", None), mpp)
+        if len(bags) != 1:
+            raise ValueError(f"{inputs!r} holds {len(bags)} bags; pass them as a list of rows, one per slide.")
+        batch = self.processor(bags, return_loss=False, return_coords=True)
+        return {"bag": {name: batch[name] for name in BAG_INPUT_NAMES}, "coords": batch["patch_coords"][0]}
+
+
+class SlideFeatureExtractionPipeline(_SlidePipeline):
+    """bag -> ``{"slide_embedding": [E], "region_embeddings": [L, E]}``."""
+
+    def preprocess(self, inputs, patch_encoder=None, mpp=None):
+        return self._bag_batch(inputs, patch_encoder, mpp)
+
+    def _forward(self, model_inputs):
+        features = self.model.get_slide_features(**model_inputs["bag"])
+        real = model_inputs["bag"]["region_attention_mask"][0].bool()
+        return {"slide_embedding": features.slide_embeds[0], "region_embeddings": features.region_embeds[0][real]}
+
+    def postprocess(self, model_outputs):
+        return {key: value.float().cpu() for key, value in model_outputs.items()}
+
+
+class ZeroShotSlideClassificationPipeline(_SlidePipeline):
+    """bag + ``candidate_labels`` -> ``[{"label", "score"}]`` sorted, with a prompt ensemble."""
+
+    preprocess_options = ("candidate_labels", "hypothesis_template", "patch_encoder", "mpp")
+    postprocess_options = ("top_k",)
+
+    def preprocess(self, inputs, candidate_labels=None, hypothesis_template=DEFAULT_TEMPLATES, patch_encoder=None,
+                   mpp=None):  # fmt: skip
+        if not candidate_labels:
+            raise ValueError("candidate_labels must name at least one class, e.g. ['tumour', 'normal'].")
+        templates = [hypothesis_template] if isinstance(hypothesis_template, str) else list(hypothesis_template)
+        if not templates or any("{}" not in template for template in templates):
+            raise ValueError(f"every hypothesis_template needs a '{{}}' for the label, got {templates}.")
+        prompts = [template.format(label) for label in candidate_labels for template in templates]
+        batch = self._bag_batch(inputs, patch_encoder, mpp)
+        batch["text"] = dict(self.processor(text=prompts))
+        batch["shape"] = (len(candidate_labels), len(templates))
+        batch["candidate_labels"] = list(candidate_labels)
+        return batch
+
+    def _forward(self, model_inputs):
+        slide = self.model.get_slide_features(**model_inputs["bag"]).slide_embeds
+        texts = torch.nn.functional.normalize(self.model.get_text_features(**model_inputs["text"]), dim=-1)
+        classes = torch.nn.functional.normalize(texts.reshape(*model_inputs["shape"], -1).mean(dim=1), dim=-1)
+        scale = self.model.logit_scale.exp().clamp(max=self.model.config.logit_scale_max)
+        logits = scale * torch.nn.functional.normalize(slide, dim=-1) @ classes.T
+        return {"logits": logits[0], "candidate_labels": model_inputs["candidate_labels"]}
+
+    def postprocess(self, model_outputs, top_k=None):
+        scores = model_outputs["logits"].float().softmax(dim=-1).tolist()
+        ranked = sorted(zip(scores, model_outputs["candidate_labels"], strict=True), key=lambda pair: -pair[0])
+        return [{"score": score, "label": label} for score, label in ranked[:top_k]]
+
+
+class SlideGroundingPipeline(_SlidePipeline):
+    """bag + sentences -> per sentence: patch scores aligned with the bag's coords, and region scores."""
+
+    preprocess_options = ("sentences", "patch_encoder", "mpp")
+
+    def preprocess(self, inputs, sentences=None, patch_encoder=None, mpp=None):
+        sentences = [sentences] if isinstance(sentences, str) else list(sentences or [])
+        if not sentences or any(not sentence.strip() for sentence in sentences):
+            raise ValueError("sentences must be one or more non-empty texts to ground in the slide.")
+        batch = self._bag_batch(inputs, patch_encoder, mpp)
+        batch["text"] = dict(self.processor(text=sentences))
+        batch["sentences"] = sentences
+        return batch
+
+    def _forward(self, model_inputs):
+        grounding = self.model.get_grounding(**model_inputs["bag"], **model_inputs["text"])
+        count = int(model_inputs["bag"]["patch_attention_mask"][0].sum())
+        real = model_inputs["bag"]["region_attention_mask"][0].bool()
+        return {
+            "patch_scores": grounding.patch_scores[0, :, :count],
+            "region_scores": grounding.region_scores[0][:, real],
+            "coords": model_inputs["coords"][:count],
+            "sentences": model_inputs["sentences"],
+        }
+
+    def postprocess(self, model_outputs):
+        return [
+            {
+                "sentence": sentence,
+                "patch_scores": patch_scores.float().cpu(),
+                "region_scores": regions.float().cpu(),
+                "coords": model_outputs["coords"].cpu(),
+            }  # fmt: skip
+            for sentence, patch_scores, regions in zip(
+                model_outputs["sentences"], model_outputs["patch_scores"], model_outputs["region_scores"], strict=True
+            )
+        ]
+
+
+TASKS = {
+    "slide-feature-extraction": SlideFeatureExtractionPipeline,
+    "zero-shot-slide-classification": ZeroShotSlideClassificationPipeline,
+    "slide-grounding": SlideGroundingPipeline,
+}
+
+
+def save_pretrained_with_pipelines(model, processor, save_directory) -> None:
+    """Save model, processor and every PathFLIP task so that ``pipeline(task, model=folder)`` works for each.
+
+    `Pipeline.save_pretrained` writes only its own task into ``custom_pipelines`` and no processor config;
+    this writes them all (and the pipeline code, for ``trust_remote_code=True`` without the package).
+    """
+    from transformers import pipeline
+
+    first_task = next(iter(TASKS))
+    pipeline(first_task, model=model, processor=processor).save_pretrained(save_directory)  # copies this file
+    model.config.custom_pipelines = {
+        task: {"impl": f"pipeline_pathflip.{pipeline_class.__name__}", "pt": ["AutoModel"], "type": "multimodal"}
+        for task, pipeline_class in TASKS.items()
+    }
+    model.save_pretrained(save_directory)
+    processor.save_pretrained(save_directory)

@@ -1,0 +1,175 @@
+"""The task pipelines against direct model calls, for every input type, and saved as one folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline
+
+from modeling_pathflip import BAG_INPUT_NAMES, PathFLIPModel, PathFLIPProcessor, save_pretrained_with_pipelines
+from modeling_pathflip.pipeline_pathflip import DEFAULT_TEMPLATES, TASKS
+
+
+@pytest.fixture
+def pipe(model, processor):
+    return lambda task: pipeline(task, model=model, processor=processor)
+
+
+def _direct_slide(model, processor, bag):
+    batch = processor([bag], return_loss=False)
+    with torch.no_grad():
+        return model.get_slide_features(**{name: batch[name] for name in BAG_INPUT_NAMES}), batch
+
+
+def test_feature_extraction_matches_get_slide_features(pipe, model, processor, bag_factory):
+    bag = bag_factory(0, 40)
+    out = pipe("slide-feature-extraction")(bag)
+    direct, batch = _direct_slide(model, processor, bag)
+    regions = int(batch["region_attention_mask"].sum())
+    torch.testing.assert_close(out["slide_embedding"], direct.slide_embeds[0])
+    torch.testing.assert_close(out["region_embeddings"], direct.region_embeds[0, :regions])
+
+
+def test_zero_shot_matches_a_hand_computed_prompt_ensemble(pipe, model, processor, bag_factory):
+    bag, labels = bag_factory(1, 30), ["tumour", "fat", "stroma"]
+    result = pipe("zero-shot-slide-classification")(bag, candidate_labels=labels)
+    assert [entry["score"] for entry in result] == sorted((entry["score"] for entry in result), reverse=True)
+    direct, _ = _direct_slide(model, processor, bag)
+    with torch.no_grad():
+        classes = []
+        for label in labels:
+            texts = processor(text=[template.format(label) for template in DEFAULT_TEMPLATES])
+            classes.append(torch.nn.functional.normalize(model.get_text_features(**texts), dim=-1).mean(0))
+        logits = (
+            model.logit_scale.exp()
+            * torch.nn.functional.normalize(direct.slide_embeds, dim=-1)
+            @ (torch.nn.functional.normalize(torch.stack(classes), dim=-1).T)
+        )
+    expected = dict(zip(labels, logits[0].softmax(-1).tolist(), strict=True))
+    assert {entry["label"]: pytest.approx(expected[entry["label"]], abs=1e-5) for entry in result} == {
+        label: pytest.approx(score, abs=1e-5) for label, score in expected.items()
+    }
+    assert len(pipe("zero-shot-slide-classification")(bag, candidate_labels=labels, top_k=1)) == 1
+
+
+def test_grounding_matches_get_grounding_and_aligns_with_coords(pipe, model, processor, bag_factory):
+    bag = bag_factory(2, 35)
+    result = pipe("slide-grounding")(bag, sentences=["dense tumour nuclei", "fat"])
+    batch = processor([bag], return_loss=False)
+    with torch.no_grad():
+        direct = model.get_grounding(
+            **{n: batch[n] for n in BAG_INPUT_NAMES}, **processor(text=["dense tumour nuclei", "fat"])
+        )
+    for index, entry in enumerate(result):
+        torch.testing.assert_close(entry["patch_scores"], direct.patch_scores[0, index])
+        assert torch.equal(entry["coords"], bag["coords"].long()), "scores are in the bag's row order"
+
+
+def test_every_input_type_gives_the_same_embedding(tmp_path, pipe, bag_factory):
+    from processing.bags import write_bags
+
+    bag = bag_factory(3, 25)
+    extractor = pipe("slide-feature-extraction")
+    expected = extractor(bag)["slide_embedding"]
+    row = {
+        **bag,
+        "features": bag["features"].numpy().astype(np.float16).astype(np.float32),
+        "coords": bag["coords"].numpy(),
+    }
+    with h5py.File(tmp_path / "bag.h5", "w") as handle:
+        handle.create_dataset("features", data=row["features"])
+        handle.create_dataset("coords", data=row["coords"]).attrs["patch_size_level0"] = bag["patch_size_level0"]
+    write_bags([row], tmp_path / "one.arrow", 16).save_to_disk(str(tmp_path / "dataset"))
+    exact = extractor(row)["slide_embedding"]
+    for source in (tmp_path / "bag.h5", tmp_path / "dataset"):
+        torch.testing.assert_close(extractor(str(source))["slide_embedding"], exact, atol=1e-6, rtol=0)
+    torch.testing.assert_close(exact, expected, atol=1e-2, rtol=0)  # float16 storage
+    batched = extractor([bag, bag_factory(4, 10)])
+    assert len(batched) == 2 and torch.equal(batched[0]["slide_embedding"], expected)
+
+
+def test_a_slide_file_is_tiled_and_encoded(tmp_path, config_factory, tokenizer):
+    from processing.synthetic import render_texture, write_pyramid
+
+    rng = np.random.default_rng(0)
+    image = render_texture("background", 1024, 1024, rng)
+    image[256:768, 256:768] = render_texture("tumour", 512, 512, rng)
+    slide = write_pyramid(tmp_path / "slide.tiff", image, mpp=0.5, levels=2)
+    config = config_factory(patch_dim=96)
+    classify = pipeline("zero-shot-slide-classification", model=PathFLIPModel(config).eval(),
+                        processor=PathFLIPProcessor.from_model_config(tokenizer, config))  # fmt: skip
+    result = classify(str(slide), candidate_labels=["tumour", "fat"], patch_encoder="stain-texture")
+    assert {entry["label"] for entry in result} == {"tumour", "fat"}
+
+
+@pytest.mark.parametrize(
+    "task, options, error, message",
+    [
+        ("zero-shot-slide-classification", {"candidate_labels": []}, ValueError, "at least one class"),
+        (
+            "zero-shot-slide-classification",
+            {"candidate_labels": ["a"], "hypothesis_template": "no slot"},
+            ValueError,
+            "'{}'",
+        ),
+        ("slide-grounding", {"sentences": []}, ValueError, "non-empty"),
+        ("slide-feature-extraction", {"colour": "red"}, TypeError, "unknown option"),
+    ],
+)
+def test_bad_options_raise_clear_errors(pipe, bag_factory, task, options, error, message):
+    with pytest.raises(error, match=message):
+        pipe(task)(bag_factory(0, 10), **options)
+
+
+def test_bag_of_another_encoder_and_missing_file(pipe, bag_factory):
+    bag = {**bag_factory(0, 10), "features": torch.randn(10, 96)}
+    with pytest.raises(ValueError, match="feature dim 96 != the model's patch_dim 16"):
+        pipe("slide-feature-extraction")(bag)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pipe("slide-feature-extraction")("/nonexistent/slide.h5")
+
+
+LOADER = textwrap.dedent(
+    """
+    import sys
+    sys.modules["modeling_pathflip"] = None
+    sys.modules["processing"] = None
+    import torch
+    from transformers import pipeline
+    folder, bag_file = sys.argv[1:]
+    bag = torch.load(bag_file)
+    for task in ("zero-shot-slide-classification", "slide-feature-extraction", "slide-grounding"):
+        pipe = pipeline(task, model=folder, trust_remote_code=True)
+        options = {"candidate_labels": ["tumour", "fat"]} if task.startswith("zero") else {}
+        options = {"sentences": ["fat"]} if task == "slide-grounding" else options
+        print(task, type(pipe(bag, **options)).__name__)
+    """
+)
+
+
+def test_saved_folder_serves_every_task_with_and_without_the_package(tmp_path, model, processor, bag_factory):
+    folder = tmp_path / "model"
+    save_pretrained_with_pipelines(model, processor, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["custom_pipelines"]) == set(TASKS)
+    assert (folder / "pipeline_pathflip.py").exists() and (folder / "processor_config.json").exists()
+    bag = bag_factory(0, 20)
+    # transformers asks for trust_remote_code whenever a folder declares custom_pipelines, package or not.
+    for task in TASKS:
+        assert pipeline(task, model=str(folder), trust_remote_code=True).model.config.patch_dim == 16
+    torch.save(bag, tmp_path / "bag.pt")
+    (tmp_path / "load.py").write_text(LOADER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(folder), str(tmp_path / "bag.pt")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["zero-shot-slide-classification", "list", "slide-feature-extraction", "dict",
+                                     "slide-grounding", "list"]  # fmt: skip
