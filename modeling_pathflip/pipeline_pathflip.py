@@ -154,10 +154,66 @@ class SlideGroundingPipeline(_SlidePipeline):
         ]
 
 
+class SlideTextRetrievalPipeline(_SlidePipeline):
+    """Text -> top-k slides of an ``index``, or slide -> top-k of ``candidate_texts`` (cosine similarity).
+
+    Build the index once with `build_index(dataset)`: the dataset gains a ``slide_embedding`` column (and
+    drops the bags), so it can be saved, pushed and searched without re-encoding.
+    """
+
+    preprocess_options = ("candidate_texts", "index", "patch_encoder", "mpp")
+    postprocess_options = ("top_k",)
+
+    def build_index(self, dataset):
+        """A copy of a feature-bag `datasets.Dataset` with a ``slide_embedding`` column instead of the bags."""
+
+        def embed(row):
+            bag = {name: tensor.to(self.device) for name, tensor in self._bag_batch(row)["bag"].items()}
+            with torch.no_grad():
+                return {"slide_embedding": self.model.get_slide_features(**bag).slide_embeds[0].float().cpu().tolist()}
+
+        drop = [column for column in ("features", "coords") if column in dataset.column_names]
+        return dataset.with_format("numpy").map(embed, remove_columns=drop, writer_batch_size=64).with_format(None)
+
+    def preprocess(self, inputs, candidate_texts=None, index=None, patch_encoder=None, mpp=None):
+        if candidate_texts is not None:
+            if not candidate_texts:
+                raise ValueError("candidate_texts must hold at least one text.")
+            batch = self._bag_batch(inputs, patch_encoder, mpp)
+            batch["text"] = dict(self.processor(text=list(candidate_texts)))
+            batch["names"] = list(candidate_texts)
+            return batch
+        if index is None:
+            raise ValueError("give candidate_texts= to rank texts for a slide, or index= to rank slides for a text.")
+        if "slide_embedding" not in index.column_names:
+            raise ValueError("index has no slide_embedding column: build it with pipe.build_index(dataset).")
+        if not isinstance(inputs, str) or not inputs.strip():
+            raise ValueError(f"a text query must be a non-empty string, got {inputs!r}.")
+        names = index["slide_id"] if "slide_id" in index.column_names else list(range(len(index)))
+        slides = torch.tensor(index["slide_embedding"], dtype=torch.float32)
+        return {"text": dict(self.processor(text=[inputs])), "slides": slides, "names": names}
+
+    def _forward(self, model_inputs):
+        texts = torch.nn.functional.normalize(self.model.get_text_features(**model_inputs["text"]), dim=-1)
+        if "slides" in model_inputs:
+            slides = torch.nn.functional.normalize(model_inputs["slides"].to(texts.dtype), dim=-1)
+            scores = (texts @ slides.T)[0]
+        else:
+            slide = self.model.get_slide_features(**model_inputs["bag"]).slide_embeds
+            scores = (torch.nn.functional.normalize(slide, dim=-1) @ texts.T)[0]
+        return {"scores": scores, "names": model_inputs["names"], "slides_ranked": "slides" in model_inputs}
+
+    def postprocess(self, model_outputs, top_k=5):
+        key = "slide_id" if model_outputs["slides_ranked"] else "text"
+        order = model_outputs["scores"].float().argsort(descending=True)[:top_k].tolist()
+        return [{key: model_outputs["names"][i], "score": float(model_outputs["scores"][i])} for i in order]
+
+
 TASKS = {
     "slide-feature-extraction": SlideFeatureExtractionPipeline,
     "zero-shot-slide-classification": ZeroShotSlideClassificationPipeline,
     "slide-grounding": SlideGroundingPipeline,
+    "slide-text-retrieval": SlideTextRetrievalPipeline,
 }
 
 

@@ -173,3 +173,27 @@ def test_saved_folder_serves_every_task_with_and_without_the_package(tmp_path, m
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["zero-shot-slide-classification", "list", "slide-feature-extraction", "dict",
                                      "slide-grounding", "list"]  # fmt: skip
+
+
+def test_retrieval_ranks_slides_for_a_text_and_texts_for_a_slide(tmp_path, pipe, model, processor, bag_factory):
+    from processing.bags import write_bags
+
+    bags = [bag_factory(i, 15 + 3 * i) for i in range(4)]
+    dataset = write_bags(bags, tmp_path / "bags.arrow", 16)
+    retriever = pipe("slide-text-retrieval")
+    index = retriever.build_index(dataset)
+    assert "slide_embedding" in index.column_names and "features" not in index.column_names
+    with torch.no_grad():
+        slides = torch.cat([_direct_slide(model, processor, bag)[0].slide_embeds for bag in bags])
+        query = model.get_text_features(**processor(text=["dense tumour nuclei"]))
+    expected = torch.nn.functional.cosine_similarity(query, slides)
+    hits = retriever("dense tumour nuclei", index=index, top_k=3)
+    assert [hit["slide_id"] for hit in hits] == [f"slide-{i}" for i in expected.argsort(descending=True)[:3].tolist()]
+    assert hits[0]["score"] == pytest.approx(expected.max().item(), abs=1e-5)
+    texts = ["fat", "tumour", "fibrous stroma"]
+    ranked = retriever(bags[0], candidate_texts=texts, top_k=2)
+    with torch.no_grad():
+        scores = torch.nn.functional.cosine_similarity(slides[:1], model.get_text_features(**processor(text=texts)))
+    assert [hit["text"] for hit in ranked] == [texts[i] for i in scores.argsort(descending=True)[:2].tolist()]
+    with pytest.raises(ValueError, match="candidate_texts= .* or index="):
+        retriever(bags[0])
