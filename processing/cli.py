@@ -112,6 +112,49 @@ def command_decompose(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_heatmap(args: argparse.Namespace) -> int:
+    """Ground sentences in a slide: heatmap PNG over the thumbnail (or the patch grid) and GeoJSON."""
+    import re
+
+    from transformers import pipeline
+
+    from .heatmap import heatmap_raster, overlay_png, top_patches_geojson, write_geojson
+    from .inputs import load_bags
+
+    grounder = pipeline("slide-grounding", model=args.model, trust_remote_code=True)
+    bag = load_bags(args.input, encoder=args.patch_encoder, mpp=args.mpp)[0]
+    results = grounder(bag, sentences=args.sentence)
+    thumbnail, dimensions = _heatmap_background(args.slide or args.input, bag, args.mpp)
+    output = Path(args.output)
+    for result in results:
+        stem = re.sub(r"[^a-z0-9]+", "-", result["sentence"].lower()).strip("-")[:60] or "sentence"
+        size = (thumbnail.shape[1], thumbnail.shape[0])
+        raster = heatmap_raster(result["patch_scores"], result["coords"], bag["patch_size_level0"], dimensions, size)
+        png = overlay_png(raster, output / f"{stem}.png", thumbnail)
+        collection = top_patches_geojson(result["patch_scores"], result["coords"], bag["patch_size_level0"],
+                                         top_k=args.top_k, name=result["sentence"])  # fmt: skip
+        geojson = write_geojson(collection, output / f"{stem}.geojson")
+        print(f"{result['sentence']!r}: {png} {geojson}")
+    return 0
+
+
+def _heatmap_background(source, bag, mpp):
+    """The slide's thumbnail and level-0 size when ``source`` is a slide; else a white patch-grid canvas."""
+    import numpy as np
+
+    from .extract import SLIDE_SUFFIXES
+    from .reader import SlideReader
+
+    if Path(str(source)).suffix.lower() in SLIDE_SUFFIXES:
+        with SlideReader(source, mpp=mpp) as reader:
+            return reader.thumbnail(1024), reader.dimensions
+    coords, size = np.asarray(bag["coords"]), int(bag["patch_size_level0"])
+    extent = (int(coords[:, 0].max()) + size, int(coords[:, 1].max()) + size)
+    scale = 1024 / max(extent)
+    canvas = np.full((max(1, round(extent[1] * scale)), max(1, round(extent[0] * scale)), 3), 255, np.uint8)
+    return canvas, extent
+
+
 def command_doctor(args: argparse.Namespace) -> int:
     """Report versions, OpenSlide, the device and writable cache folders."""
     from .doctor import run_checks
@@ -158,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     decompose.add_argument("--batch-size", type=int, default=8)
     decompose.add_argument("--max-new-tokens", type=int, default=200)
     decompose.set_defaults(run=command_decompose)
+
+    heatmap = commands.add_parser("heatmap", help=command_heatmap.__doc__)
+    heatmap.add_argument("model", help="a PathFLIP folder or Hub id")
+    heatmap.add_argument("input", help="a bag (.h5, extracted .safetensors, dataset folder) or a slide file")
+    heatmap.add_argument("--sentence", "-s", action="append", required=True, help="text to ground (repeatable)")
+    heatmap.add_argument("--output", "-o", required=True, help="folder for the PNG and GeoJSON files")
+    heatmap.add_argument("--slide", help="the slide, for a thumbnail background when input is a bag")
+    heatmap.add_argument("--patch-encoder", help="encoder for slide inputs (the model's patch encoder)")
+    heatmap.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides without it")
+    heatmap.add_argument("--top-k", type=int, default=20, help="patches written to the GeoJSON")
+    heatmap.set_defaults(run=command_heatmap)
 
     doctor = commands.add_parser("doctor", help=command_doctor.__doc__)
     doctor.set_defaults(run=command_doctor)

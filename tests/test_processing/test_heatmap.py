@@ -1,0 +1,67 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from processing.heatmap import heatmap_raster, overlay_png, top_patches_geojson, write_geojson
+
+COORDS = np.array([[0, 0], [512, 0], [0, 512], [1024, 1024]])
+SCORES = np.array([0.1, 0.7, 0.2, 0.4])
+
+
+def test_raster_paints_each_patch_at_thumbnail_scale():
+    raster = heatmap_raster(SCORES, COORDS, 512, dimensions=(2048, 2048), size=(64, 64))
+    assert raster.shape == (64, 64)
+    assert raster[0, 16] == pytest.approx(1.0) and raster[0, 0] == pytest.approx(0.0)  # min-max normalised
+    assert np.isnan(raster[63, 0]), "no patch there"
+    assert np.isclose(raster[40, 40], (0.4 - 0.1) / 0.6)
+
+
+def test_png_has_the_raster_size_and_colours_only_patches(tmp_path):
+    raster = heatmap_raster(SCORES, COORDS, 512, dimensions=(2048, 2048), size=(64, 48))
+    background = np.full((48, 64, 3), 200, np.uint8)
+    image = np.asarray(Image.open(overlay_png(raster, tmp_path / "map.png", background)))
+    assert image.shape == (48, 64, 3)
+    assert (image[47, 0] == 200).all() and not (image[0, 20] == 200).all()
+    with pytest.raises(ValueError, match="resize"):
+        overlay_png(raster, tmp_path / "bad.png", np.zeros((10, 10, 3), np.uint8))
+
+
+def test_geojson_is_valid_and_in_level0_pixels(tmp_path):
+    collection = top_patches_geojson(SCORES, COORDS, 512, top_k=3)
+    loaded = json.loads(write_geojson(collection, tmp_path / "top.geojson").read_text())
+    assert loaded["type"] == "FeatureCollection" and len(loaded["features"]) == 3
+    assert [feature["properties"]["score"] for feature in loaded["features"]] == [0.7, 0.4, 0.2]
+    for feature in loaded["features"]:
+        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1] and len(ring) == 5, "closed ring"
+        xs, ys = [point[0] for point in ring], [point[1] for point in ring]
+        assert min(xs) >= 0 and min(ys) >= 0 and max(xs) <= 2048 and max(ys) <= 2048
+        assert max(xs) - min(xs) == 512 and max(ys) - min(ys) == 512
+
+
+def test_heatmap_command_writes_png_and_geojson_over_the_slide(tmp_path, slide_factory, tokenizer, config_factory):
+    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor, save_pretrained_with_pipelines
+    from processing.cli import main
+    from processing.encoders import load_encoder
+    from processing.extract import ExtractionOptions, run_extraction
+
+    slide = slide_factory("heatmap-slide")
+    run_extraction([slide], tmp_path / "bags", load_encoder("stain-texture"), ExtractionOptions(num_workers=0))
+    config = config_factory(patch_dim=96)
+    save_pretrained_with_pipelines(
+        PathFLIPModel(config).eval(), PathFLIPProcessor.from_model_config(tokenizer, config), tmp_path / "model"
+    )
+    bag = tmp_path / "bags" / "bags" / "heatmap-slide.safetensors"
+    arguments = ["heatmap", str(tmp_path / "model"), str(bag), "-s", "dense tumour", "-s", "fibrous stroma",
+                 "-o", str(tmp_path / "maps"), "--slide", str(slide), "--top-k", "5"]  # fmt: skip
+    assert main(arguments) == 0
+    image = Image.open(tmp_path / "maps" / "dense-tumour.png")
+    assert max(image.size) == 1024 and image.size[0] / image.size[1] == pytest.approx(2048 / 1536, rel=0.01)
+    collection = json.loads((tmp_path / "maps" / "fibrous-stroma.geojson").read_text())
+    assert len(collection["features"]) == 5
+    for feature in collection["features"]:
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1] and all(0 <= x <= 2048 and 0 <= y <= 1536 for x, y in ring)
