@@ -31,6 +31,7 @@ from transformers import (
 
 from eval.metrics import classification_metrics, retrieval_metrics, zero_shot_probabilities
 from modeling_pathflip import PathFLIPConfig, PathFLIPModel, PathFLIPProcessor
+from modeling_pathflip.pipeline_pathflip import DEFAULT_TEMPLATES, prompt_ensemble_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class DataArguments:
     max_regions: int | None = field(default=24, metadata={"help": "Regions sampled per slide in training."})
     class_names: list[str] | None = field(default=None, metadata={"help": "Zero-shot class names, label order."})
     prompt_templates: list[str] = field(
-        default_factory=lambda: ["{}.", "an H&E image of {}.", "a whole slide image showing {}."],
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
         metadata={"help": "Zero-shot prompt ensemble; '{}' is replaced by the class name."},
     )
 
@@ -186,11 +187,10 @@ def make_compute_metrics(model: PathFLIPModel, processor: PathFLIPProcessor, lab
 
 @torch.no_grad()
 def class_prompt_embeddings(model, processor, class_names: list[str], templates: list[str]) -> np.ndarray:
-    """One embedding per class: the mean of its normalised prompt embeddings (prompt ensemble)."""
+    """One unit embedding per class from a prompt ensemble (the zero-shot pipeline's computation)."""
     prompts = [template.format(name) for name in class_names for template in templates]
     tokens = processor(text=prompts).to(model.device)
-    embeds = torch.nn.functional.normalize(model.get_text_features(**tokens), dim=-1)
-    return embeds.reshape(len(class_names), len(templates), -1).mean(dim=1).float().cpu().numpy()
+    return prompt_ensemble_embeddings(model, tokens, len(templates)).float().cpu().numpy()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -32,6 +32,15 @@ def load_bags(inputs: Any, patch_encoder: str | None = None, mpp: float | None =
     return load_from_path(inputs, encoder=patch_encoder, mpp=mpp)
 
 
+def prompt_ensemble_embeddings(model, text_inputs: Mapping[str, Any], num_templates: int) -> torch.Tensor:
+    """Unit class embeddings ``[C, E]``: the mean of each class's normalised prompt embeddings.
+
+    ``text_inputs`` tokenises the prompts class-major (all templates of class 0, then class 1, ...).
+    """
+    texts = torch.nn.functional.normalize(model.get_text_features(**text_inputs), dim=-1)
+    return torch.nn.functional.normalize(texts.reshape(-1, num_templates, texts.shape[-1]).mean(dim=1), dim=-1)
+
+
 class _SlidePipeline(Pipeline):
     """Shared parts: processor only, one slide per forward, bag loading."""
 
@@ -97,14 +106,13 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
         prompts = [template.format(label) for label in candidate_labels for template in templates]
         batch = self._bag_batch(inputs, patch_encoder, mpp)
         batch["text"] = dict(self.processor(text=prompts))
-        batch["shape"] = (len(candidate_labels), len(templates))
+        batch["num_templates"] = len(templates)
         batch["candidate_labels"] = list(candidate_labels)
         return batch
 
     def _forward(self, model_inputs):
         slide = self.model.get_slide_features(**model_inputs["bag"]).slide_embeds
-        texts = torch.nn.functional.normalize(self.model.get_text_features(**model_inputs["text"]), dim=-1)
-        classes = torch.nn.functional.normalize(texts.reshape(*model_inputs["shape"], -1).mean(dim=1), dim=-1)
+        classes = prompt_ensemble_embeddings(self.model, model_inputs["text"], model_inputs["num_templates"])
         scale = self.model.logit_scale.exp().clamp(max=self.model.config.logit_scale_max)
         logits = scale * torch.nn.functional.normalize(slide, dim=-1) @ classes.T
         return {"logits": logits[0], "candidate_labels": model_inputs["candidate_labels"]}

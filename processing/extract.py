@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -160,15 +161,13 @@ def write_bag_file(path: Path, tiling: Tiling, features: torch.Tensor, encoder: 
 
 def read_bag_file(path: Path) -> dict:
     """A bag written by `write_bag_file`, as a dataset row."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
+    with safe_open(str(path), framework="np") as handle:
         metadata = handle.metadata()
-    tensors = load_file(str(path))
+        features, coords = handle.get_tensor("features"), handle.get_tensor("coords")
     return {
         "slide_id": metadata["slide_id"],
-        "features": tensors["features"].numpy(),
-        "coords": tensors["coords"].numpy(),
+        "features": features,
+        "coords": coords,
         "patch_size_level0": int(metadata["patch_size_level0"]),
         "mpp": float(metadata["mpp"]),
         "encoder": metadata["encoder"],
@@ -271,7 +270,8 @@ def build_dataset(output: Path, parquet: bool = False) -> Path | None:
     bag_files = sorted((output / "bags").glob("*.safetensors"))
     if not bag_files:
         return None
-    dimension = read_bag_file(bag_files[0])["features"].shape[1]
+    with safe_open(str(bag_files[0]), framework="np") as handle:
+        dimension = handle.get_slice("features").get_shape()[1]
     arrow = output / "bags.arrow.partial"
     dataset = write_bags((read_bag_file(path) for path in bag_files), arrow, dimension)
     target = save_dataset(dataset, output / "dataset")
