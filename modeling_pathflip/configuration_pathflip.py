@@ -135,6 +135,29 @@ class PathFLIPConfig(PretrainedConfig):
         self._validate()
         super().__init__(**kwargs)
 
+    @property
+    def custom_pipelines(self) -> dict:
+        """The tasks a saved folder serves as remote code; empty while the installed package serves them.
+
+        `pipeline()` refuses any task listed here without ``trust_remote_code=True``, even when this
+        package already registered it. Hiding the list whenever every task is registered with a class of
+        the same name lets ``pipeline(task, model=folder)`` work with the package installed, while the
+        saved config keeps the list for ``trust_remote_code=True`` users without it.
+        """
+        tasks = self.__dict__.get("_custom_pipelines") or {}
+        return {} if tasks and _served_by_registry(tasks) else tasks
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, tasks: dict) -> None:
+        self.__dict__["_custom_pipelines"] = tasks
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        tasks = output.pop("_custom_pipelines", None)
+        if tasks:
+            output["custom_pipelines"] = tasks
+        return output
+
     def _validate(self) -> None:
         """Raise `ValueError` on values that cannot build a working model."""
         positive = (
@@ -167,3 +190,14 @@ class PathFLIPConfig(PretrainedConfig):
             raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}.")
         if self.logit_scale_max <= 0:
             raise ValueError(f"logit_scale_max must be > 0, got {self.logit_scale_max}.")
+
+
+def _served_by_registry(tasks: dict) -> bool:
+    """Whether every task is registered in this process with the class its ``impl`` names."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    registered = PIPELINE_REGISTRY.supported_tasks
+    return all(
+        name in registered and registered[name]["impl"].__name__ == task["impl"].rsplit(".", 1)[-1]
+        for name, task in tasks.items()
+    )

@@ -7,29 +7,37 @@ path (dataset folder, TRIDENT/CLAM .h5, extracted .safetensors bag, or a slide f
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from transformers import Pipeline
 
+from .heatmap_pathflip import heatmap_raster, top_patches_geojson
 from .processing_pathflip import BAG_INPUT_NAMES
 
 DEFAULT_TEMPLATES = ("{}.", "an H&E image of {}.", "a whole slide image showing {}.")
+
+
+def _pathflip_module(name: str, purpose: str):
+    """A module of the `pathflip` package's `processing`, which reads files; remote-code users may lack it."""
+    try:
+        return importlib.import_module(f"processing.{name}")
+    except ImportError as error:
+        raise ImportError(
+            f"{purpose} needs the pathflip package (pip install pathflip); or pass the bag as a dict with "
+            "features, coords and patch_size_level0."
+        ) from error
 
 
 def load_bags(inputs: Any, patch_encoder: str | None = None, mpp: float | None = None) -> list[Mapping[str, Any]]:
     """Bags from a bag mapping or a path (paths need the `pathflip` package)."""
     if isinstance(inputs, Mapping):
         return [inputs]
-    try:
-        from processing.inputs import load_bags as load_from_path
-    except ImportError as error:
-        raise ImportError(
-            f"reading {inputs!r} needs the pathflip package (pip install pathflip); or pass the bag as a dict "
-            "with features, coords and patch_size_level0."
-        ) from error
-    return load_from_path(inputs, encoder=patch_encoder, mpp=mpp)
+    return _pathflip_module("inputs", f"reading {inputs!r}").load_bags(inputs, encoder=patch_encoder, mpp=mpp)
 
 
 def prompt_ensemble_embeddings(model, text_inputs: Mapping[str, Any], num_templates: int) -> torch.Tensor:
@@ -72,7 +80,12 @@ class _SlidePipeline(Pipeline):
         if len(bags) != 1:
             raise ValueError(f"{inputs!r} holds {len(bags)} bags; pass them as a list of rows, one per slide.")
         batch = self.processor(bags, return_loss=False, return_coords=True)
-        return {"bag": {name: batch[name] for name in BAG_INPUT_NAMES}, "coords": batch["patch_coords"][0]}
+        return {
+            "bag": {name: batch[name] for name in BAG_INPUT_NAMES},
+            "coords": batch["patch_coords"][0],
+            "patch_size_level0": int(bags[0]["patch_size_level0"]),
+            "slide_id": str(bags[0].get("slide_id") or "slide"),
+        }
 
 
 class SlideFeatureExtractionPipeline(_SlidePipeline):
@@ -124,17 +137,24 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
 
 
 class SlideGroundingPipeline(_SlidePipeline):
-    """bag + sentences -> per sentence: patch scores aligned with the bag's coords, and region scores."""
+    """bag + sentences -> per sentence: patch scores (aligned with the bag's coords), region scores, a heatmap
+    raster at thumbnail scale and a GeoJSON FeatureCollection of the top patches (level-0 pixels, QuPath).
 
-    preprocess_options = ("sentences", "patch_encoder", "mpp")
+    With ``output_dir`` each sentence also gets ``{slide_id}_{sentence}.png`` (the heatmap over the slide
+    thumbnail when the input or ``slide=`` is a slide file, else over the patch grid) and ``.geojson``.
+    """
 
-    def preprocess(self, inputs, sentences=None, patch_encoder=None, mpp=None):
+    preprocess_options = ("sentences", "slide", "heatmap_size", "patch_encoder", "mpp")
+    postprocess_options = ("top_k", "output_dir")
+
+    def preprocess(self, inputs, sentences=None, slide=None, heatmap_size=1024, patch_encoder=None, mpp=None):
         sentences = [sentences] if isinstance(sentences, str) else list(sentences or [])
         if not sentences or any(not sentence.strip() for sentence in sentences):
             raise ValueError("sentences must be one or more non-empty texts to ground in the slide.")
         batch = self._bag_batch(inputs, patch_encoder, mpp)
         batch["text"] = dict(self.processor(text=sentences))
         batch["sentences"] = sentences
+        batch["canvas"] = _canvas(slide if slide is not None else inputs, batch, heatmap_size, mpp, slide is not None)
         return batch
 
     def _forward(self, model_inputs):
@@ -144,22 +164,62 @@ class SlideGroundingPipeline(_SlidePipeline):
         return {
             "patch_scores": grounding.patch_scores[0, :, :count],
             "region_scores": grounding.region_scores[0][:, real],
+            **{key: model_inputs[key] for key in ("sentences", "canvas", "slide_id", "patch_size_level0")},
             "coords": model_inputs["coords"][:count],
-            "sentences": model_inputs["sentences"],
         }
 
-    def postprocess(self, model_outputs):
-        return [
-            {
+    def postprocess(self, model_outputs, top_k=20, output_dir=None):
+        canvas, coords, size = (
+            model_outputs["canvas"],
+            model_outputs["coords"].cpu(),
+            model_outputs["patch_size_level0"],
+        )
+        results = []
+        for sentence, patch_scores, regions in zip(
+            model_outputs["sentences"], model_outputs["patch_scores"], model_outputs["region_scores"], strict=True
+        ):
+            scores = patch_scores.float().cpu()
+            result = {
                 "sentence": sentence,
-                "patch_scores": patch_scores.float().cpu(),
+                "patch_scores": scores,
                 "region_scores": regions.float().cpu(),
-                "coords": model_outputs["coords"].cpu(),
-            }  # fmt: skip
-            for sentence, patch_scores, regions in zip(
-                model_outputs["sentences"], model_outputs["patch_scores"], model_outputs["region_scores"], strict=True
-            )
-        ]
+                "coords": coords,
+                "heatmap": heatmap_raster(scores, coords, size, canvas["dimensions"], canvas["size"]),
+                "geojson": top_patches_geojson(scores, coords, size, top_k=top_k, name=sentence),
+            }
+            if output_dir is not None:
+                result.update(_write_grounding(result, output_dir, model_outputs["slide_id"], canvas["thumbnail"]))
+            results.append(result)
+        return results
+
+
+def _canvas(source, batch, heatmap_size: int, mpp: float | None, required: bool) -> dict[str, Any]:
+    """Level-0 extent, heatmap size and thumbnail: from the slide when ``source`` is a slide file, else the
+    extent of the patch grid (no thumbnail)."""
+    if not isinstance(heatmap_size, int) or heatmap_size < 1:
+        raise ValueError(f"heatmap_size must be a positive number of pixels, got {heatmap_size!r}.")
+    if isinstance(source, (str, os.PathLike)) and not os.path.isdir(source):
+        heatmap = _pathflip_module("heatmap", f"a heatmap over {source!r}")
+        found = heatmap.slide_canvas(source, mpp=mpp, longest=heatmap_size)
+        if found is not None:
+            thumbnail, dimensions = found
+            return {"thumbnail": thumbnail, "dimensions": dimensions, "size": (thumbnail.shape[1], thumbnail.shape[0])}
+    if required:
+        raise ValueError(f"slide={source!r} is not a slide file (.svs, .tif, .ndpi, ...); it is used as background.")
+    coords, patch_size = batch["coords"], batch["patch_size_level0"]
+    extent = (int(coords[:, 0].max()) + patch_size, int(coords[:, 1].max()) + patch_size)
+    scale = heatmap_size / max(extent)
+    size = (max(1, round(extent[0] * scale)), max(1, round(extent[1] * scale)))
+    return {"thumbnail": None, "dimensions": extent, "size": size}
+
+
+def _write_grounding(result: Mapping[str, Any], output_dir, slide_id: str, thumbnail) -> dict[str, str]:
+    """The PNG overlay and the GeoJSON file of one sentence (needs the pathflip package, for Pillow)."""
+    heatmap = _pathflip_module("heatmap", "writing PNG and GeoJSON files")
+    stem = f"{slide_id}_" + (re.sub(r"[^a-z0-9]+", "-", result["sentence"].lower()).strip("-")[:60] or "sentence")
+    png = heatmap.overlay_png(result["heatmap"].numpy(), os.path.join(output_dir, f"{stem}.png"), thumbnail)
+    geojson = heatmap.write_geojson(result["geojson"], os.path.join(output_dir, f"{stem}.geojson"))
+    return {"png_file": str(png), "geojson_file": str(geojson)}
 
 
 class SlideTextRetrievalPipeline(_SlidePipeline):

@@ -114,45 +114,13 @@ def command_decompose(args: argparse.Namespace) -> int:
 
 def command_heatmap(args: argparse.Namespace) -> int:
     """Ground sentences in a slide: heatmap PNG over the thumbnail (or the patch grid) and GeoJSON."""
-    import re
-
     from transformers import pipeline
 
-    from .heatmap import heatmap_raster, overlay_png, top_patches_geojson, write_geojson
-    from .inputs import load_bags
-
-    grounder = pipeline("slide-grounding", model=args.model, trust_remote_code=True)
-    bag = load_bags(args.input, encoder=args.patch_encoder, mpp=args.mpp)[0]
-    results = grounder(bag, sentences=args.sentence)
-    thumbnail, dimensions = _heatmap_background(args.slide or args.input, bag, args.mpp)
-    output = Path(args.output)
-    for result in results:
-        stem = re.sub(r"[^a-z0-9]+", "-", result["sentence"].lower()).strip("-")[:60] or "sentence"
-        size = (thumbnail.shape[1], thumbnail.shape[0])
-        raster = heatmap_raster(result["patch_scores"], result["coords"], bag["patch_size_level0"], dimensions, size)
-        png = overlay_png(raster, output / f"{stem}.png", thumbnail)
-        collection = top_patches_geojson(result["patch_scores"], result["coords"], bag["patch_size_level0"],
-                                         top_k=args.top_k, name=result["sentence"])  # fmt: skip
-        geojson = write_geojson(collection, output / f"{stem}.geojson")
-        print(f"{result['sentence']!r}: {png} {geojson}")
+    grounder = pipeline("slide-grounding", model=args.model, trust_remote_code=args.trust_remote_code)
+    options = {"patch_encoder": args.patch_encoder, "mpp": args.mpp, "top_k": args.top_k, "output_dir": args.output}
+    for result in grounder(args.input, sentences=args.sentence, slide=args.slide, **options):
+        print(f"{result['sentence']!r}: {result['png_file']} {result['geojson_file']}")
     return 0
-
-
-def _heatmap_background(source, bag, mpp):
-    """The slide's thumbnail and level-0 size when ``source`` is a slide; else a white patch-grid canvas."""
-    import numpy as np
-
-    from .extract import SLIDE_SUFFIXES
-    from .reader import SlideReader
-
-    if Path(str(source)).suffix.lower() in SLIDE_SUFFIXES:
-        with SlideReader(source, mpp=mpp) as reader:
-            return reader.thumbnail(1024), reader.dimensions
-    coords, size = np.asarray(bag["coords"]), int(bag["patch_size_level0"])
-    extent = (int(coords[:, 0].max()) + size, int(coords[:, 1].max()) + size)
-    scale = 1024 / max(extent)
-    canvas = np.full((max(1, round(extent[1] * scale)), max(1, round(extent[0] * scale)), 3), 255, np.uint8)
-    return canvas, extent
 
 
 def command_doctor(args: argparse.Namespace) -> int:
@@ -211,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--patch-encoder", help="encoder for slide inputs (the model's patch encoder)")
     heatmap.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides without it")
     heatmap.add_argument("--top-k", type=int, default=20, help="patches written to the GeoJSON")
+    heatmap.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     heatmap.set_defaults(run=command_heatmap)
 
     doctor = commands.add_parser("doctor", help=command_doctor.__doc__)

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import pipeline
 
 from modeling_pathflip import BAG_INPUT_NAMES, PathFLIPModel, PathFLIPProcessor, save_pretrained_with_pipelines
@@ -71,6 +72,28 @@ def test_grounding_matches_get_grounding_and_aligns_with_coords(pipe, model, pro
     for index, entry in enumerate(result):
         torch.testing.assert_close(entry["patch_scores"], direct.patch_scores[0, index])
         assert torch.equal(entry["coords"], bag["coords"].long()), "scores are in the bag's row order"
+
+
+def test_grounding_heatmap_geojson_and_files_over_the_patch_grid(tmp_path, pipe, bag_factory):
+    bag = bag_factory(5, 30)
+    extent = bag["coords"].max(dim=0).values + bag["patch_size_level0"]
+    (entry,) = pipe("slide-grounding")(bag, sentences="fat", heatmap_size=200, top_k=4, output_dir=str(tmp_path))
+    height, width = entry["heatmap"].shape
+    assert max(height, width) == 200 and width / height == pytest.approx(float(extent[0] / extent[1]), rel=0.02)
+    painted = entry["heatmap"][~entry["heatmap"].isnan()]
+    assert painted.min() == 0 and painted.max() == 1
+    features = entry["geojson"]["features"]
+    best = entry["patch_scores"].topk(4).indices
+    assert [feature["properties"]["score"] for feature in features] == pytest.approx(entry["patch_scores"][best])
+    for feature, index in zip(features, best.tolist(), strict=True):
+        ring = feature["geometry"]["coordinates"][0]
+        assert feature["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) == 5
+        assert ring[0] == bag["coords"][index].tolist()
+        assert ring[2] == (bag["coords"][index] + bag["patch_size_level0"]).tolist()
+    assert Image.open(entry["png_file"]).size == (width, height)
+    assert json.loads(open(entry["geojson_file"]).read()) == entry["geojson"]
+    with pytest.raises(ValueError, match="not a slide file"):
+        pipe("slide-grounding")(bag, sentences="fat", slide=str(tmp_path))
 
 
 def test_every_input_type_gives_the_same_embedding(tmp_path, pipe, bag_factory):
@@ -162,9 +185,13 @@ def test_saved_folder_serves_every_task_with_and_without_the_package(tmp_path, m
     assert set(config["custom_pipelines"]) == set(TASKS)
     assert (folder / "pipeline_pathflip.py").exists() and (folder / "processor_config.json").exists()
     bag = bag_factory(0, 20)
-    # transformers asks for trust_remote_code whenever a folder declares custom_pipelines, package or not.
-    for task in TASKS:
-        assert pipeline(task, model=str(folder), trust_remote_code=True).model.config.patch_dim == 16
+    for task in TASKS:  # the installed package serves the tasks: no trust_remote_code needed
+        served = pipeline(task, model=str(folder))
+        assert type(served) is TASKS[task]
+    served.model.save_pretrained(tmp_path / "resaved")  # a loaded config writes the list back unchanged
+    assert (
+        json.loads((tmp_path / "resaved" / "config.json").read_text())["custom_pipelines"] == config["custom_pipelines"]
+    )
     torch.save(bag, tmp_path / "bag.pt")
     (tmp_path / "load.py").write_text(LOADER)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": ""}

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processing.heatmap import heatmap_raster, overlay_png, top_patches_geojson, write_geojson
+from modeling_pathflip.heatmap_pathflip import heatmap_raster, top_patches_geojson
+from processing.heatmap import overlay_png, write_geojson
 
 COORDS = np.array([[0, 0], [512, 0], [0, 512], [1024, 1024]])
 SCORES = np.array([0.1, 0.7, 0.2, 0.4])
@@ -13,9 +14,16 @@ SCORES = np.array([0.1, 0.7, 0.2, 0.4])
 def test_raster_paints_each_patch_at_thumbnail_scale():
     raster = heatmap_raster(SCORES, COORDS, 512, dimensions=(2048, 2048), size=(64, 64))
     assert raster.shape == (64, 64)
-    assert raster[0, 16] == pytest.approx(1.0) and raster[0, 0] == pytest.approx(0.0)  # min-max normalised
-    assert np.isnan(raster[63, 0]), "no patch there"
-    assert np.isclose(raster[40, 40], (0.4 - 0.1) / 0.6)
+    assert float(raster[0, 16]) == pytest.approx(1.0) and float(raster[0, 0]) == pytest.approx(0.0)  # min-max
+    assert bool(raster[63, 0].isnan()), "no patch there"
+    assert float(raster[40, 40]) == pytest.approx((0.4 - 0.1) / 0.6)
+    assert int(raster.isnan().logical_not().sum()) == 4 * 16 * 16, "each patch covers exactly its 16x16 pixels"
+
+
+def test_raster_follows_a_grid_offset_from_the_origin():
+    raster = heatmap_raster(SCORES, COORDS + 100, 512, dimensions=(2148, 2148), size=(2148, 2148))
+    assert bool(raster[99, 99].isnan()) and float(raster[100, 100]) == pytest.approx(0.0)
+    assert float(raster[100, 612]) == pytest.approx(1.0) and bool(raster[611, 1124].isnan())
 
 
 def test_png_has_the_raster_size_and_colours_only_patches(tmp_path):
@@ -58,9 +66,9 @@ def test_heatmap_command_writes_png_and_geojson_over_the_slide(tmp_path, slide_f
     arguments = ["heatmap", str(tmp_path / "model"), str(bag), "-s", "dense tumour", "-s", "fibrous stroma",
                  "-o", str(tmp_path / "maps"), "--slide", str(slide), "--top-k", "5"]  # fmt: skip
     assert main(arguments) == 0
-    image = Image.open(tmp_path / "maps" / "dense-tumour.png")
+    image = Image.open(tmp_path / "maps" / "heatmap-slide_dense-tumour.png")
     assert max(image.size) == 1024 and image.size[0] / image.size[1] == pytest.approx(2048 / 1536, rel=0.01)
-    collection = json.loads((tmp_path / "maps" / "fibrous-stroma.geojson").read_text())
+    collection = json.loads((tmp_path / "maps" / "heatmap-slide_fibrous-stroma.geojson").read_text())
     assert len(collection["features"]) == 5
     for feature in collection["features"]:
         ring = feature["geometry"]["coordinates"][0]
