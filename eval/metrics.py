@@ -57,3 +57,54 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dic
         else:
             metrics["auroc"] = float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
     return metrics
+
+
+def _grounding_queries(
+    scores: Sequence[np.ndarray], targets: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Validated ``(scores, targets)`` float/bool pairs, one per query; errors name the query index."""
+    if len(scores) != len(targets):
+        raise ValueError(f"got {len(scores)} score arrays but {len(targets)} target arrays")
+    queries = []
+    for index, (query_scores, query_targets) in enumerate(zip(scores, targets, strict=True)):
+        query_scores = np.asarray(query_scores, dtype=np.float64).reshape(-1)
+        query_targets = np.asarray(query_targets).reshape(-1).astype(bool)
+        if query_scores.shape != query_targets.shape:
+            raise ValueError(f"query {index}: {query_scores.size} patch scores but {query_targets.size} patch targets")
+        if np.isnan(query_scores).any():
+            raise ValueError(f"query {index}: patch scores contain NaN")
+        queries.append((query_scores, query_targets))
+    return queries
+
+
+def _mixed(query_targets: np.ndarray) -> bool:
+    """Whether a query has both lesion and non-lesion patches (so a ROC AUC is defined)."""
+    return 0 < query_targets.sum() < query_targets.size
+
+
+def grounding_auroc(scores: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
+    """Mean per-query patch ROC AUC; queries whose targets are all True or all False are skipped (NaN if none)."""
+    queries = _grounding_queries(scores, targets)
+    aurocs = [
+        roc_auc_score(query_targets, query_scores) for query_scores, query_targets in queries if _mixed(query_targets)
+    ]
+    return float(np.mean(aurocs)) if aurocs else float("nan")
+
+
+def pointing_game(scores: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
+    """Fraction of queries with a True target whose top-scoring patch is True (ties: first patch; NaN if none)."""
+    queries = _grounding_queries(scores, targets)
+    hits = [
+        bool(query_targets[np.argmax(query_scores)]) for query_scores, query_targets in queries if query_targets.any()
+    ]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def grounding_metrics(scores: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict:
+    """Grounding AUROC, pointing game and ``grounding_queries``, the number of queries the AUROC averages over."""
+    used = sum(_mixed(query_targets) for _, query_targets in _grounding_queries(scores, targets))
+    return {
+        "grounding_auroc": grounding_auroc(scores, targets),
+        "pointing_game": pointing_game(scores, targets),
+        "grounding_queries": int(used),
+    }
