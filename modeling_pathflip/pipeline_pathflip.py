@@ -225,23 +225,35 @@ def _write_grounding(result: Mapping[str, Any], output_dir, slide_id: str, thumb
 class SlideTextRetrievalPipeline(_SlidePipeline):
     """Text -> top-k slides of an ``index``, or slide -> top-k of ``candidate_texts`` (cosine similarity).
 
-    Build the index once with `build_index(dataset)`: the dataset gains a ``slide_embedding`` column (and
-    drops the bags), so it can be saved, pushed and searched without re-encoding.
+    Build the index once with `build_index(dataset)`: the dataset gains a unit-length ``slide_embedding``
+    column (and drops the bags), so it can be saved, pushed and searched without re-encoding. When faiss is
+    installed, `build_index` also attaches a `datasets` FAISS inner-product index, which text queries use;
+    otherwise (or for a reloaded dataset) the search is exact.
     """
 
     preprocess_options = ("candidate_texts", "index", "patch_encoder", "mpp")
     postprocess_options = ("top_k",)
 
-    def build_index(self, dataset):
-        """A copy of a feature-bag `datasets.Dataset` with a ``slide_embedding`` column instead of the bags."""
+    def build_index(self, dataset, *, use_faiss: bool | None = None):
+        """A copy of a feature-bag `datasets.Dataset` with a ``slide_embedding`` column instead of the bags.
+
+        ``use_faiss``: attach a FAISS index (default: when faiss is installed).
+        """
 
         def embed(row):
             bag = {name: tensor.to(self.device) for name, tensor in self._bag_batch(row)["bag"].items()}
             with torch.no_grad():
-                return {"slide_embedding": self.model.get_slide_features(**bag).slide_embeds[0].float().cpu().tolist()}
+                slide = self.model.get_slide_features(**bag).slide_embeds[0].float()
+            return {"slide_embedding": torch.nn.functional.normalize(slide, dim=-1).cpu().tolist()}
 
         drop = [column for column in ("features", "coords") if column in dataset.column_names]
-        return dataset.with_format("numpy").map(embed, remove_columns=drop, writer_batch_size=64).with_format(None)
+        index = dataset.with_format("numpy").map(embed, remove_columns=drop, writer_batch_size=64).with_format(None)
+        faiss = _faiss() if use_faiss is not False else None
+        if use_faiss and faiss is None:
+            raise ImportError("use_faiss=True needs faiss: pip install faiss-cpu (or pathflip[faiss]).")
+        if faiss is not None:
+            index.add_faiss_index(column="slide_embedding", metric_type=faiss.METRIC_INNER_PRODUCT)
+        return index
 
     def preprocess(self, inputs, candidate_texts=None, index=None, patch_encoder=None, mpp=None):
         if candidate_texts is not None:
@@ -257,24 +269,41 @@ class SlideTextRetrievalPipeline(_SlidePipeline):
             raise ValueError("index has no slide_embedding column: build it with pipe.build_index(dataset).")
         if not isinstance(inputs, str) or not inputs.strip():
             raise ValueError(f"a text query must be a non-empty string, got {inputs!r}.")
-        names = index["slide_id"] if "slide_id" in index.column_names else list(range(len(index)))
-        slides = torch.tensor(index["slide_embedding"], dtype=torch.float32)
-        return {"text": dict(self.processor(text=[inputs])), "slides": slides, "names": names}
+        return {"text": dict(self.processor(text=[inputs])), "index": index}
 
     def _forward(self, model_inputs):
         texts = torch.nn.functional.normalize(self.model.get_text_features(**model_inputs["text"]), dim=-1)
-        if "slides" in model_inputs:
-            slides = torch.nn.functional.normalize(model_inputs["slides"].to(texts.dtype), dim=-1)
-            scores = (texts @ slides.T)[0]
-        else:
-            slide = self.model.get_slide_features(**model_inputs["bag"]).slide_embeds
-            scores = (torch.nn.functional.normalize(slide, dim=-1) @ texts.T)[0]
-        return {"scores": scores, "names": model_inputs["names"], "slides_ranked": "slides" in model_inputs}
+        if "index" in model_inputs:
+            return {"query": texts[0], "index": model_inputs["index"]}
+        slide = self.model.get_slide_features(**model_inputs["bag"]).slide_embeds
+        scores = (torch.nn.functional.normalize(slide, dim=-1) @ texts.T)[0]
+        return {"scores": scores, "names": model_inputs["names"]}
 
     def postprocess(self, model_outputs, top_k=5):
-        key = "slide_id" if model_outputs["slides_ranked"] else "text"
-        order = model_outputs["scores"].float().argsort(descending=True)[:top_k].tolist()
-        return [{key: model_outputs["names"][i], "score": float(model_outputs["scores"][i])} for i in order]
+        if "index" not in model_outputs:
+            order = model_outputs["scores"].float().argsort(descending=True)[:top_k].tolist()
+            return [{"text": model_outputs["names"][i], "score": float(model_outputs["scores"][i])} for i in order]
+        index, query = model_outputs["index"], model_outputs["query"].float().cpu()
+        names = index["slide_id"] if "slide_id" in index.column_names else list(range(len(index)))
+        if index.is_index_initialized("slide_embedding"):
+            scores, rows = index.search("slide_embedding", query.numpy(), k=min(top_k, len(index)))
+            return [
+                {"slide_id": names[int(row)], "score": float(score)} for score, row in zip(scores, rows, strict=True)
+            ]
+        slides = torch.nn.functional.normalize(torch.tensor(index["slide_embedding"], dtype=torch.float32), dim=-1)
+        scores = slides @ query
+        return [
+            {"slide_id": names[i], "score": float(scores[i])} for i in scores.argsort(descending=True)[:top_k].tolist()
+        ]
+
+
+def _faiss():
+    """The faiss module, or None when it is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
 
 
 TASKS = {

@@ -208,8 +208,9 @@ def test_retrieval_ranks_slides_for_a_text_and_texts_for_a_slide(tmp_path, pipe,
     bags = [bag_factory(i, 15 + 3 * i) for i in range(4)]
     dataset = write_bags(bags, tmp_path / "bags.arrow", 16)
     retriever = pipe("slide-text-retrieval")
-    index = retriever.build_index(dataset)
+    index = retriever.build_index(dataset, use_faiss=False)
     assert "slide_embedding" in index.column_names and "features" not in index.column_names
+    assert not index.is_index_initialized("slide_embedding")
     with torch.no_grad():
         slides = torch.cat([_direct_slide(model, processor, bag)[0].slide_embeds for bag in bags])
         query = model.get_text_features(**processor(text=["dense tumour nuclei"]))
@@ -224,3 +225,9 @@ def test_retrieval_ranks_slides_for_a_text_and_texts_for_a_slide(tmp_path, pipe,
     assert [hit["text"] for hit in ranked] == [texts[i] for i in scores.argsort(descending=True)[:2].tolist()]
     with pytest.raises(ValueError, match="candidate_texts= .* or index="):
         retriever(bags[0])
+    pytest.importorskip("faiss")
+    faiss_index = retriever.build_index(dataset)  # faiss installed: an inner-product FAISS index is attached
+    assert faiss_index.is_index_initialized("slide_embedding")
+    faiss_hits = retriever("dense tumour nuclei", index=faiss_index, top_k=3)
+    assert [hit["slide_id"] for hit in faiss_hits] == [hit["slide_id"] for hit in hits]
+    assert [hit["score"] for hit in faiss_hits] == pytest.approx([hit["score"] for hit in hits], abs=1e-5)

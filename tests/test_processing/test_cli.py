@@ -5,6 +5,7 @@ import json
 import datasets
 import h5py
 import numpy as np
+import pytest
 
 from processing.cli import main
 
@@ -51,3 +52,56 @@ def test_bad_input_gets_an_error_line_not_a_traceback(tmp_path, capsys):
     empty.mkdir()
     assert main(["import", str(empty), "-o", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.fixture
+def saved_model(tmp_path, model, processor):
+    from modeling_pathflip import save_pretrained_with_pipelines
+
+    save_pretrained_with_pipelines(model, processor, tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+@pytest.fixture
+def bag_dataset(tmp_path, bag_factory):
+    from processing.bags import save_dataset, write_bags
+
+    bags = [bag_factory(i, 12 + 4 * i) for i in range(3)]
+    save_dataset(write_bags(bags, tmp_path / "bags.arrow", 16), tmp_path / "dataset")
+    return bags, str(tmp_path / "dataset")
+
+
+def _json_lines(text):
+    return [json.loads(line) for line in text.strip().splitlines()]
+
+
+def test_classify_prints_the_pipeline_ranking_for_every_slide(tmp_path, saved_model, bag_dataset, capsys):
+    from transformers import pipeline
+
+    bags, dataset = bag_dataset
+    arguments = ["classify", saved_model, dataset, "--labels", "tumour", "fat", "--template", "{}.", "-o"]
+    assert main([*arguments, str(tmp_path / "out.jsonl")]) == 0
+    records = _json_lines(capsys.readouterr().out)
+    assert records == _json_lines((tmp_path / "out.jsonl").read_text())
+    classify = pipeline("zero-shot-slide-classification", model=saved_model)
+    for record, row in zip(records, datasets.load_from_disk(dataset).with_format("numpy"), strict=True):
+        expected = classify(row, candidate_labels=["tumour", "fat"], hypothesis_template="{}.")
+        assert record["slide_id"] == row["slide_id"]
+        assert [p["label"] for p in record["predictions"]] == [p["label"] for p in expected]
+        assert [p["score"] for p in record["predictions"]] == pytest.approx([p["score"] for p in expected])
+
+
+def test_retrieve_by_text_over_a_saved_index_and_by_slide(tmp_path, saved_model, bag_dataset, capsys):
+    bags, dataset = bag_dataset
+    index = str(tmp_path / "index")
+    assert main(["retrieve", saved_model, "--index", dataset, "--query", "tumour", "--save-index", index]) == 0
+    first = _json_lines(capsys.readouterr().out)
+    assert datasets.load_from_disk(index).column_names.count("slide_embedding") == 1
+    assert main(["retrieve", saved_model, "--index", index, "--query", "tumour"]) == 0
+    assert _json_lines(capsys.readouterr().out) == first
+    assert sorted(match["slide_id"] for match in first[0]["matches"]) == sorted(bag["slide_id"] for bag in bags)
+    assert main(["retrieve", saved_model, "--slide", dataset, "--text", "fat", "--text", "tumour", "--top-k", "1"]) == 0
+    records = _json_lines(capsys.readouterr().out)
+    assert len(records) == 3 and all(len(record["matches"]) == 1 for record in records)
+    assert main(["retrieve", saved_model, "--slide", dataset]) == 2, "no --text: a clear error, exit 2"
+    assert "--text" in capsys.readouterr().err
