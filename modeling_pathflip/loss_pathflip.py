@@ -33,6 +33,24 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (any dtype, no gradient) from all processes along dim 0."""
+    _, world_size = distributed_world()
+    if world_size == 1:
+        return tensor
+    shards = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(shards, tensor.contiguous())
+    return torch.cat(shards, dim=0)
+
+
+def text_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One int64 key per tokenised text (a polynomial hash of its real tokens); equal texts get equal keys
+    whatever their padding."""
+    positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    powers = torch.full((input_ids.shape[-1],), 1_000_003, dtype=torch.int64, device=input_ids.device).cumprod(0)
+    return (input_ids.long() * attention_mask.long() * powers[positions]).sum(dim=-1)  # int64 wraps around
+
+
 def slide_caption_contrastive_loss(
     slide_embeds: torch.Tensor,
     caption_embeds: torch.Tensor,
@@ -69,12 +87,16 @@ def region_subcaption_sigmoid_loss(
     log_scale: torch.Tensor,
     bias: torch.Tensor,
     negatives: str = "all",
+    subcaption_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FLAIR-style sigmoid loss between text-conditioned region embeddings and subcaptions.
 
     For slide i, each candidate subcaption c attends over the slide's regions (u_ic = TRA(t_c, r_i)) and
     is scored with ``exp(log_scale) * cos(u_ic, t_c) + bias``; the slide's own K subcaptions are
-    positives, subcaptions of the other slides of the global batch negatives.
+    positives, subcaptions of the other slides of the global batch negatives, except that another
+    slide's subcaption identical to one of slide i's own (same ``subcaption_keys``) is a positive:
+    "focal necrosis." is true of every slide it was written for, and calling it a negative would
+    teach the model to ignore the very region it names.
 
     Args:
         region_embeds: ``[B, L, E]`` local region embeddings.
@@ -85,24 +107,32 @@ def region_subcaption_sigmoid_loss(
         bias: learnable bias b.
         negatives: ``"all"`` subcaptions of every other slide, or ``"one_per_slide"`` (one random
             subcaption of each other slide, as in the authors' v1 code).
+        subcaption_keys: ``[B, K]`` int64 text identities (`text_keys`); None: only own ones are positive.
     """
     rank, _ = distributed_world()
     batch, num_sub, dim = subcaption_embeds.shape
     all_subcaptions = gather_with_grad(subcaption_embeds)  # [G, K, E]
     global_batch = all_subcaptions.shape[0]
     own_slide = torch.arange(batch, device=region_embeds.device) + rank * batch  # global index of local slides
+    if subcaption_keys is None:  # every subcaption distinct
+        subcaption_keys = torch.arange(global_batch * num_sub, device=region_embeds.device).reshape(global_batch, -1)
+        subcaption_keys = subcaption_keys[own_slide]
+    all_keys = gather_no_grad(subcaption_keys)  # [G, K]
+
+    def label(candidate_keys: torch.Tensor) -> torch.Tensor:  # [B, C] -> +1 where slide i wrote that text
+        same = (candidate_keys[..., None] == subcaption_keys[:, None, :]).any(dim=-1)
+        return torch.where(same, 1.0, -1.0)
 
     if negatives == "all":
         candidates = all_subcaptions.reshape(1, global_batch * num_sub, dim).expand(batch, -1, -1)
-        owner = torch.arange(global_batch, device=region_embeds.device).repeat_interleave(num_sub)
-        labels = torch.where(owner[None, :] == own_slide[:, None], 1.0, -1.0)
+        labels = label(all_keys.reshape(1, -1).expand(batch, -1))
         weights = torch.ones_like(labels)
     elif negatives == "one_per_slide":
         pick = torch.randint(num_sub, (global_batch,), device=region_embeds.device)
         one_each = all_subcaptions[torch.arange(global_batch, device=pick.device), pick]  # [G, E]
         candidates = torch.cat([subcaption_embeds, one_each[None].expand(batch, -1, -1)], dim=1)
-        labels = torch.cat([torch.ones(batch, num_sub), -torch.ones(batch, global_batch)], dim=1)
-        labels = labels.to(region_embeds.device)
+        picked_keys = all_keys[torch.arange(global_batch, device=pick.device), pick]  # [G]
+        labels = torch.cat([label(subcaption_keys), label(picked_keys[None].expand(batch, -1))], dim=1)
         # A slide's own pick is neither a positive nor a negative: leave it out of the mean.
         not_self = torch.arange(global_batch, device=pick.device)[None, :] != own_slide[:, None]
         weights = torch.cat([torch.ones(batch, num_sub, device=pick.device), not_self.float()], dim=1)

@@ -20,7 +20,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_pathflip import PathFLIPConfig
-from .loss_pathflip import region_subcaption_sigmoid_loss, slide_caption_contrastive_loss
+from .loss_pathflip import region_subcaption_sigmoid_loss, slide_caption_contrastive_loss, text_keys
 
 
 @dataclass
@@ -357,7 +357,11 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
 
         loss = loss_slide = loss_region = None
         if return_loss:
-            loss, loss_slide, loss_region = self._losses(slide, text_embeds, subcaption_embeds, logit_scale)
+            keys = None
+            if subcaption_input_ids is not None:
+                mask = subcaption_attention_mask
+                keys = text_keys(subcaption_input_ids, torch.ones_like(subcaption_input_ids) if mask is None else mask)
+            loss, loss_slide, loss_region = self._losses(slide, text_embeds, subcaption_embeds, logit_scale, keys)
         return PathFLIPOutput(
             loss=loss,
             loss_slide=loss_slide,
@@ -377,6 +381,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         text_embeds: torch.Tensor | None,
         subcaption_embeds: torch.Tensor | None,
         logit_scale: torch.Tensor,
+        subcaption_keys: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Weighted total, slide and region losses (each None when switched off)."""
         config = self.config
@@ -405,6 +410,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
                 self.region_logit_scale,
                 self.region_logit_bias,
                 config.region_negatives,
+                subcaption_keys,
             )
             loss = loss + config.region_loss_weight * loss_region
         return loss, loss_slide, loss_region

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from modeling_pathflip.loss_pathflip import region_subcaption_sigmoid_loss, slide_caption_contrastive_loss
+from modeling_pathflip.loss_pathflip import region_subcaption_sigmoid_loss, slide_caption_contrastive_loss, text_keys
 from modeling_pathflip.modeling_pathflip import PathFLIPTextRegionAttention
 
 BATCH, REGIONS, SUBCAPTIONS, DIM = 6, 5, 3, 8
@@ -21,7 +21,9 @@ def _inputs():
     region_mask = (torch.rand(BATCH, REGIONS, generator=generator) > 0.3).long()
     region_mask[:, 0] = 1
     subcaptions = torch.randn(BATCH, SUBCAPTIONS, DIM, generator=generator)
-    return slides, captions, regions, region_mask, subcaptions
+    keys = torch.arange(BATCH * SUBCAPTIONS).reshape(BATCH, SUBCAPTIONS)
+    keys[4, 1] = keys[0, 2]  # the same sentence written for slides 0 and 4 (on different processes)
+    return slides, captions, regions, region_mask, subcaptions, keys
 
 
 def _losses(rows: slice):
@@ -30,10 +32,10 @@ def _losses(rows: slice):
     attention = PathFLIPTextRegionAttention(DIM, 2)
     scale, bias = torch.tensor(2.3, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
     tensors = [tensor[rows].clone().requires_grad_(tensor.is_floating_point()) for tensor in _inputs()]
-    slides, captions, regions, region_mask, subcaptions = tensors
+    slides, captions, regions, region_mask, subcaptions, keys = tensors
     loss = slide_caption_contrastive_loss(slides, captions, torch.tensor(14.0), 0.1)
     loss = loss + region_subcaption_sigmoid_loss(
-        regions, region_mask, subcaptions, attention, scale, bias, negatives="all"
+        regions, region_mask, subcaptions, attention, scale, bias, negatives="all", subcaption_keys=keys
     )
     loss.backward()
     parameter_grads = [p.grad for p in attention.parameters()] + [scale.grad, bias.grad]
@@ -71,3 +73,30 @@ def test_two_processes_match_one_process(free_port):
         rows = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
         for got, expected in zip(results[rank][2], expected_embedding_grads, strict=True):
             torch.testing.assert_close(got / 2, expected[rows], atol=1e-4, rtol=0)
+
+
+def test_identical_subcaptions_of_other_slides_are_positives():
+    torch.manual_seed(0)
+    attention = PathFLIPTextRegionAttention(DIM, 2)
+    regions, mask = torch.randn(2, REGIONS, DIM), torch.ones(2, REGIONS, dtype=torch.long)
+    subcaptions = torch.randn(2, 1, DIM)
+    scale, bias = torch.tensor(2.3), torch.tensor(-1.0)
+    candidates = subcaptions.reshape(1, 2, DIM).expand(2, -1, -1)
+    conditioned, _ = attention(candidates, regions, mask)
+    logits = scale.exp() * torch.nn.functional.cosine_similarity(conditioned, candidates, dim=-1) + bias
+    same_text = torch.tensor([[7], [7]])
+    expected_same = -torch.nn.functional.logsigmoid(logits).mean()  # every pair positive
+    expected_distinct = -torch.nn.functional.logsigmoid(logits * (2 * torch.eye(2) - 1)).mean()
+    for keys, expected in ((same_text, expected_same), (torch.tensor([[7], [8]]), expected_distinct), (None,
+                           expected_distinct)):  # fmt: skip
+        loss = region_subcaption_sigmoid_loss(regions, mask, subcaptions, attention, scale, bias, subcaption_keys=keys)
+        torch.testing.assert_close(loss, expected)
+
+
+def test_text_keys_ignore_padding_and_tell_texts_apart():
+    ids = torch.tensor([[2, 20, 21, 3, 0, 0], [2, 20, 21, 3, 0, 0], [2, 21, 20, 3, 0, 0]])
+    mask = (ids != 0).long()
+    left_padded = torch.tensor([[0, 0, 2, 20, 21, 3]])
+    keys = text_keys(ids, mask)
+    assert keys[0] == keys[1] != keys[2]
+    assert text_keys(left_padded, (left_padded != 0).long())[0] == keys[0]
