@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,9 @@ from .reader import SlideError, SlideReader
 from .tissue import tissue_mask
 
 MASK_THUMBNAIL_SIZE = 2048
+# The tissue mask needs no pixel finer than this (32 mask pixels per 256-px patch at 20x): small slides
+# then get small masks, instead of masks at full resolution.
+MASK_FINEST_MPP = 4.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ def tile_slide(reader: SlideReader, options: TilingOptions = TilingOptions()) ->
             f"slide {reader.slide_id!r}: a {options.patch_size}-px patch at {options.target_mpp} mpp covers "
             f"{patch_size_level0} level-0 pixels, which does not fit the {width}x{height} slide; check --mpp."
         )
-    thumbnail = reader.thumbnail(MASK_THUMBNAIL_SIZE)
+    thumbnail = reader.thumbnail(min(MASK_THUMBNAIL_SIZE, math.ceil(max(width, height) * mpp / MASK_FINEST_MPP)))
     scale = thumbnail.shape[1] / width, thumbnail.shape[0] / height
     mask = tissue_mask(thumbnail, thumbnail_mpp=mpp / scale[0], min_area_um2=options.min_area_um2)
     columns, rows = width // patch_size_level0, height // patch_size_level0
