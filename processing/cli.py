@@ -178,6 +178,33 @@ def _emit(records: list[dict], output: str | None) -> None:
         Path(output).write_text("\n".join(lines) + "\n")
 
 
+def command_demo(args: argparse.Namespace) -> int:
+    """The whole job on a generated cohort: features, pretraining, evaluation, heatmaps, a Hub-ready folder."""
+    from .demo import DemoOptions, run_demo
+
+    options = DemoOptions(output=Path(args.output), seed=args.seed, num_slides=args.num_slides,
+                          max_steps=args.max_steps, ablation=args.ablation, text_model=args.text_model)  # fmt: skip
+    run_demo(options)
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    """Evaluate a model on a feature-bag dataset: metrics.json and metrics.md."""
+    import datasets
+
+    from eval.runner import evaluate_model, write_report
+
+    loaded = datasets.load_from_disk(args.dataset)
+    if isinstance(loaded, datasets.DatasetDict):
+        if args.split not in loaded:
+            raise ValueError(f"{args.dataset} has splits {list(loaded)}; choose one with --split.")
+        loaded = loaded[args.split]
+    metrics = evaluate_model(args.model, loaded, class_names=args.class_names, trust_remote_code=args.trust_remote_code)
+    path = write_report(metrics, args.output)
+    print((path.parent / "metrics.md").read_text())
+    return 0
+
+
 def command_doctor(args: argparse.Namespace) -> int:
     """Report versions, OpenSlide, the device and writable cache folders."""
     from .doctor import run_checks
@@ -262,6 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--top-k", type=int, default=5)
     _model_input_arguments(retrieve)
     retrieve.set_defaults(run=command_retrieve)
+
+    demo = commands.add_parser("demo", help=command_demo.__doc__)
+    demo.add_argument("--output", "-o", default="demo_output", help="folder for everything (default demo_output)")
+    demo.add_argument("--seed", type=int, default=0, help="cohort, split and training seed")
+    demo.add_argument("--num-slides", type=int, default=150)
+    demo.add_argument("--max-steps", type=int, default=240, help="training steps")
+    demo.add_argument("--ablation", choices=["no-region-loss", "no-tra"], help="train an ablated model instead")
+    demo.add_argument(
+        "--text-model",
+        choices=["auto", "minilm", "scratch"],
+        default="auto",
+        help="text tower: all-MiniLM-L6-v2 (frozen), a small BERT from scratch, or minilm when installed",
+    )
+    demo.set_defaults(run=command_demo)
+
+    evaluate = commands.add_parser("eval", help=command_eval.__doc__)
+    evaluate.add_argument("model", help="a PathFLIP folder or Hub id")
+    evaluate.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
+    evaluate.add_argument("--split", default="test", help="split of a DatasetDict (default test)")
+    evaluate.add_argument("--class-names", nargs="+", help="zero-shot classes (default: the label column's names)")
+    evaluate.add_argument("--output", "-o", required=True, help="folder for metrics.json and metrics.md")
+    evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
+    evaluate.set_defaults(run=command_eval)
 
     doctor = commands.add_parser("doctor", help=command_doctor.__doc__)
     doctor.set_defaults(run=command_doctor)

