@@ -1,0 +1,71 @@
+"""`pathflip eval`'s runner against direct computations, and the markdown table."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline
+
+from eval.metrics import retrieval_metrics
+from eval.runner import evaluate_model, markdown_table, write_report
+from modeling_pathflip import BAG_INPUT_NAMES
+
+
+@pytest.fixture
+def labelled_dataset(tmp_path, bag_factory):
+    from processing.bags import write_bags
+
+    bags = [bag_factory(i, 10 + i) for i in range(4)]
+    dataset = write_bags(bags, tmp_path / "bags.arrow", 16)
+    dataset = dataset.add_column("label", [0, 1, 0, 1]).cast_column(
+        "label", datasets.ClassLabel(names=["fat", "tumour"])
+    )
+    targets = [[[bool(j % 3 == 0) for j in range(len(bag["features"]))]] for bag in bags]
+    dataset = dataset.add_column("grounding_sentences", [["tumour"]] * 4)
+    return dataset.add_column("grounding_targets", targets), bags
+
+
+def test_metrics_match_direct_model_calls(model, processor, labelled_dataset):
+    dataset, bags = labelled_dataset
+    extractor = pipeline("slide-feature-extraction", model=model, processor=processor)
+    metrics = evaluate_model(extractor, dataset)
+    with torch.no_grad():
+        batch = processor(bags, return_loss=False)
+        slides = model.get_slide_features(**{name: batch[name] for name in BAG_INPUT_NAMES}).slide_embeds
+        captions = model.get_text_features(**processor(text=[bag["caption"] for bag in bags]))
+    expected = retrieval_metrics(slides.numpy(), captions.numpy())
+    assert {key: metrics[key] for key in expected} == pytest.approx(expected)
+    assert metrics["slides"] == 4 and metrics["grounding_queries"] == 4
+    assert 0 <= metrics["zero_shot_balanced_accuracy"] <= 1 and 0 <= metrics["grounding_auroc"] <= 1
+
+
+def test_missing_bag_columns_are_named(model, processor, labelled_dataset):
+    extractor = pipeline("slide-feature-extraction", model=model, processor=processor)
+    with pytest.raises(ValueError, match="lacks bag columns"):
+        evaluate_model(extractor, labelled_dataset[0].remove_columns("coords"))
+
+
+def test_report_and_table(tmp_path):
+    runs = {"full": {"grounding_auroc": 0.8312, "pointing_game": 0.5}, "no-region-loss": {"grounding_auroc": 0.5}}
+    table = markdown_table(runs)
+    assert "| Grounding AUROC | 0.831 | 0.500 |" in table and "| Pointing game | 0.500 | - |" in table
+    path = write_report(runs["full"], tmp_path)
+    assert json.loads(path.read_text()) == runs["full"] and (tmp_path / "metrics.md").exists()
+    assert np.isfinite(json.loads(path.read_text())["grounding_auroc"])
+
+
+def test_eval_command_writes_json_and_markdown(tmp_path, model, processor, labelled_dataset, capsys):
+    from modeling_pathflip import save_pretrained_with_pipelines
+    from processing.cli import main
+
+    save_pretrained_with_pipelines(model, processor, tmp_path / "model")
+    datasets.DatasetDict({"test": labelled_dataset[0]}).save_to_disk(str(tmp_path / "data"))
+    assert main(["eval", str(tmp_path / "model"), str(tmp_path / "data"), "-o", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics == pytest.approx(evaluate_model(str(tmp_path / "model"), labelled_dataset[0]), nan_ok=True)
+    assert "Grounding AUROC" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "model"), str(tmp_path / "data"), "--split", "val", "-o", "x"]) == 2
