@@ -14,7 +14,8 @@ def load_bags(path: str | Path, *, encoder: str | None = None, mpp: float | None
     """The bag(s) stored at ``path``.
 
     A `save_to_disk` folder gives all its rows; ``.h5`` a TRIDENT/CLAM bag; ``.safetensors`` a bag written
-    by `pathflip extract`; a slide file (``.svs``, ``.tif``, ...) is tiled and encoded with ``encoder``.
+    by `pathflip extract`; ``.pt`` a ``torch.save``-d bag dict; a slide file (``.svs``, ``.tif``, ...) is
+    tiled and encoded with ``encoder``.
     """
     path = Path(path)
     if not path.exists():
@@ -33,6 +34,8 @@ def load_bags(path: str | Path, *, encoder: str | None = None, mpp: float | None
         return [read_h5_bag(path, mpp=mpp)]
     if suffix == ".safetensors":
         return [read_bag_file(path)]
+    if suffix == ".pt":
+        return [_read_pt_bag(path)]
     if suffix in SLIDE_SUFFIXES:
         if encoder is None:
             raise ValueError(f"{path} is a slide: pass patch_encoder= (the encoder the model was trained on).")
@@ -41,4 +44,17 @@ def load_bags(path: str | Path, *, encoder: str | None = None, mpp: float | None
         tiling, features = encode_slide(path, load_encoder(encoder), ExtractionOptions(mpp=mpp), torch.device("cpu"))
         return [{"slide_id": tiling.slide_id, "features": features, "coords": tiling.coords,
                  "patch_size_level0": tiling.patch_size_level0, "mpp": tiling.mpp, "encoder": encoder}]  # fmt: skip
-    raise ValueError(f"{path}: unknown input type {suffix!r}; give a dataset folder, .h5, .safetensors or a slide.")
+    raise ValueError(
+        f"{path}: unknown input type {suffix!r}; give a dataset folder, .h5, .pt, .safetensors or a slide."
+    )
+
+
+def _read_pt_bag(path: Path) -> dict[str, Any]:
+    """A bag saved with ``torch.save`` as a dict; a bare CLAM features tensor has no coordinates."""
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(loaded, dict):
+        raise ValueError(
+            f"{path} holds features without coordinates (a CLAM .pt): import it with its patches .h5, "
+            "`pathflip import FOLDER --coords-dir PATCHES_DIR -o DATASET`, and pass the dataset."
+        )
+    return {"slide_id": path.stem, **loaded}

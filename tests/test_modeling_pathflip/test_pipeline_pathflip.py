@@ -112,7 +112,12 @@ def test_every_input_type_gives_the_same_embedding(tmp_path, pipe, bag_factory):
         handle.create_dataset("coords", data=row["coords"]).attrs["patch_size_level0"] = bag["patch_size_level0"]
     write_bags([row], tmp_path / "one.arrow", 16).save_to_disk(str(tmp_path / "dataset"))
     exact = extractor(row)["slide_embedding"]
-    for source in (tmp_path / "bag.h5", tmp_path / "dataset"):
+    saved = {key: torch.as_tensor(row[key]) for key in ("features", "coords")}
+    torch.save({**saved, "patch_size_level0": bag["patch_size_level0"]}, tmp_path / "bag.pt")
+    torch.save(torch.as_tensor(row["features"]), tmp_path / "clam.pt")
+    with pytest.raises(ValueError, match="coords-dir"):
+        extractor(str(tmp_path / "clam.pt"))
+    for source in (tmp_path / "bag.h5", tmp_path / "dataset", tmp_path / "bag.pt"):
         torch.testing.assert_close(extractor(str(source))["slide_embedding"], exact, atol=1e-6, rtol=0)
     torch.testing.assert_close(exact, expected, atol=1e-2, rtol=0)  # float16 storage
     batched = extractor([bag, bag_factory(4, 10)])
