@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import modeling_pathflip  # noqa: F401  (registers the PathFLIP tasks with transformers.pipeline)
+
 from .metrics import classification_metrics, grounding_metrics, retrieval_metrics, zero_shot_probabilities
 
 DEFAULT_CLASS_TEMPLATES = ("{}.", "Diagnosis: {}.", "The findings are consistent with {}.")

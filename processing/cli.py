@@ -114,9 +114,7 @@ def command_decompose(args: argparse.Namespace) -> int:
 
 def command_heatmap(args: argparse.Namespace) -> int:
     """Ground sentences in a slide: heatmap PNG over the thumbnail (or the patch grid) and GeoJSON."""
-    from transformers import pipeline
-
-    grounder = pipeline("slide-grounding", model=args.model, trust_remote_code=args.trust_remote_code)
+    grounder = _pipeline("slide-grounding", args)
     options = {"patch_encoder": args.patch_encoder, "mpp": args.mpp, "top_k": args.top_k, "output_dir": args.output}
     for result in grounder(args.input, sentences=args.sentence, slide=args.slide, **options):
         print(f"{result['sentence']!r}: {result['png_file']} {result['geojson_file']}")
@@ -125,11 +123,9 @@ def command_heatmap(args: argparse.Namespace) -> int:
 
 def command_classify(args: argparse.Namespace) -> int:
     """Zero-shot slide classification: one JSON line per slide with the ranked labels."""
-    from transformers import pipeline
-
     from .inputs import load_bags
 
-    classifier = pipeline("zero-shot-slide-classification", model=args.model, trust_remote_code=args.trust_remote_code)
+    classifier = _pipeline("zero-shot-slide-classification", args)
     templates = {"hypothesis_template": args.template} if args.template else {}
     records = []
     for source in args.inputs:
@@ -143,12 +139,11 @@ def command_classify(args: argparse.Namespace) -> int:
 def command_retrieve(args: argparse.Namespace) -> int:
     """Text -> slides of a dataset (--query), or slide -> candidate texts (--slide): JSON lines."""
     import datasets
-    from transformers import pipeline
 
     from .bags import save_dataset
     from .inputs import load_bags
 
-    retriever = pipeline("slide-text-retrieval", model=args.model, trust_remote_code=args.trust_remote_code)
+    retriever = _pipeline("slide-text-retrieval", args)
     if args.slide:
         if not args.text:
             raise ValueError("--slide ranks candidate texts: give them with --text (repeatable).")
@@ -169,6 +164,15 @@ def command_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(task: str, args: argparse.Namespace):
+    """``transformers.pipeline(task, model=args.model)`` with the PathFLIP tasks registered."""
+    from transformers import pipeline
+
+    import modeling_pathflip  # noqa: F401  (registers the tasks, so no trust_remote_code is needed)
+
+    return pipeline(task, model=args.model, trust_remote_code=args.trust_remote_code)
+
+
 def _emit(records: list[dict], output: str | None) -> None:
     """Print records as JSON lines, and write them to ``output`` when given."""
     lines = [json.dumps(record) for record in records]
@@ -183,7 +187,8 @@ def command_demo(args: argparse.Namespace) -> int:
     from .demo import DemoOptions, run_demo
 
     options = DemoOptions(output=Path(args.output), seed=args.seed, num_slides=args.num_slides,
-                          max_steps=args.max_steps, ablation=args.ablation, text_model=args.text_model)  # fmt: skip
+                          max_steps=args.max_steps, ablation=args.ablation, text_model=args.text_model,
+                          learning_rate=args.learning_rate)  # fmt: skip
     run_demo(options)
     return 0
 
@@ -295,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="cohort, split and training seed")
     demo.add_argument("--num-slides", type=int, default=150)
     demo.add_argument("--max-steps", type=int, default=240, help="training steps")
+    demo.add_argument("--learning-rate", type=float, default=5e-4)
     demo.add_argument("--ablation", choices=["no-region-loss", "no-tra"], help="train an ablated model instead")
     demo.add_argument(
         "--text-model",

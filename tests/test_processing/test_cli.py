@@ -105,3 +105,17 @@ def test_retrieve_by_text_over_a_saved_index_and_by_slide(tmp_path, saved_model,
     assert len(records) == 3 and all(len(record["matches"]) == 1 for record in records)
     assert main(["retrieve", saved_model, "--slide", dataset]) == 2, "no --text: a clear error, exit 2"
     assert "--text" in capsys.readouterr().err
+
+
+def test_verbs_work_in_a_fresh_process_without_trust_remote_code(saved_model, bag_dataset):
+    import os
+    import subprocess
+    import sys
+
+    _, dataset = bag_dataset
+    command = [sys.executable, "-m", "processing.cli", "classify", saved_model, dataset, "--labels", "fat", "tumour"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(_json_lines(result.stdout)) == 3
