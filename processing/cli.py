@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", "-o", default="demo_output", help="folder for everything (default demo_output)")
     demo.add_argument("--seed", type=int, default=0, help="cohort, split and training seed")
     demo.add_argument("--num-slides", type=int, default=150)
-    demo.add_argument("--max-steps", type=int, default=240, help="training steps")
+    demo.add_argument("--max-steps", type=int, default=200, help="training steps")
     demo.add_argument("--learning-rate", type=float, default=5e-4)
     demo.add_argument("--ablation", choices=["no-region-loss", "no-tra"], help="train an ablated model instead")
     demo.add_argument(
