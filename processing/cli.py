@@ -236,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pathflip", description="PathFLIP whole-slide tools")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    _add_data_verbs(commands)
+    _add_model_verbs(commands)
+    _add_demo_verbs(commands)
+    doctor = commands.add_parser("doctor", help=command_doctor.__doc__)
+    doctor.set_defaults(run=command_doctor)
+    return parser
+
+
+def _add_data_verbs(commands) -> None:
+    """tile, extract, import, decompose: slides and feature-bag datasets."""
     tile = commands.add_parser("tile", help=command_tile.__doc__)
     _tiling_arguments(tile)
     tile.set_defaults(run=command_tile)
@@ -265,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     decompose.add_argument("--max-new-tokens", type=int, default=200)
     decompose.set_defaults(run=command_decompose)
 
+
+def _add_model_verbs(commands) -> None:
+    """heatmap, classify, retrieve: a trained model's pipelines."""
     heatmap = commands.add_parser("heatmap", help=command_heatmap.__doc__)
     heatmap.add_argument("model", help="a PathFLIP folder or Hub id")
     heatmap.add_argument("input", help="a bag (.h5, extracted .safetensors, dataset folder) or a slide file")
@@ -295,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_input_arguments(retrieve)
     retrieve.set_defaults(run=command_retrieve)
 
+
+def _add_demo_verbs(commands) -> None:
+    """demo and eval."""
     demo = commands.add_parser("demo", help=command_demo.__doc__)
     demo.add_argument("--output", "-o", default="demo_output", help="folder for everything (default demo_output)")
     demo.add_argument("--seed", type=int, default=0, help="cohort, split and training seed")
@@ -318,10 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", "-o", required=True, help="folder for metrics.json and metrics.md")
     evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     evaluate.set_defaults(run=command_eval)
-
-    doctor = commands.add_parser("doctor", help=command_doctor.__doc__)
-    doctor.set_defaults(run=command_doctor)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
