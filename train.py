@@ -17,7 +17,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 import transformers
 from transformers import (
     AutoModel,
@@ -30,8 +29,9 @@ from transformers import (
 )
 
 from eval.metrics import classification_metrics, retrieval_metrics, zero_shot_probabilities
+from eval.runner import class_prompt_embeddings
 from modeling_pathflip import PathFLIPConfig, PathFLIPModel, PathFLIPProcessor
-from modeling_pathflip.pipeline_pathflip import DEFAULT_TEMPLATES, prompt_ensemble_embeddings
+from modeling_pathflip.pipeline_pathflip import DEFAULT_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
@@ -183,14 +183,6 @@ def make_compute_metrics(model: PathFLIPModel, processor: PathFLIPProcessor, lab
         return metrics
 
     return compute_metrics
-
-
-@torch.no_grad()
-def class_prompt_embeddings(model, processor, class_names: list[str], templates: list[str]) -> np.ndarray:
-    """One unit embedding per class from a prompt ensemble (the zero-shot pipeline's computation)."""
-    prompts = [template.format(name) for name in class_names for template in templates]
-    tokens = processor(text=prompts).to(model.device)
-    return prompt_ensemble_embeddings(model, tokens, len(templates)).float().cpu().numpy()
 
 
 def main(argv: list[str] | None = None) -> dict:

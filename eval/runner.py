@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 import modeling_pathflip  # noqa: F401  (registers the PathFLIP tasks with transformers.pipeline)
+from modeling_pathflip.pipeline_pathflip import prompt_ensemble_embeddings
 
 from .metrics import classification_metrics, grounding_metrics, retrieval_metrics, zero_shot_probabilities
 
@@ -57,7 +58,7 @@ def evaluate_model(
     if "caption" in columns:
         metrics.update(retrieval_metrics(slide_embeds, _text_embeddings(model, processor, list(dataset["caption"]))))
     if "label" in columns and class_names:
-        classes = _class_embeddings(model, processor, class_names, list(templates))
+        classes = class_prompt_embeddings(model, processor, class_names, list(templates))
         scale = float(model.logit_scale.detach().exp().clamp(max=model.config.logit_scale_max))
         probabilities = zero_shot_probabilities(slide_embeds, classes, scale)
         scores_by_name = classification_metrics(probabilities, np.asarray(dataset["label"]))
@@ -80,9 +81,8 @@ def _text_embeddings(model, processor, texts: list[str]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _class_embeddings(model, processor, class_names: list[str], templates: list[str]) -> np.ndarray:
-    from modeling_pathflip.pipeline_pathflip import prompt_ensemble_embeddings
-
+def class_prompt_embeddings(model, processor, class_names: list[str], templates: list[str]) -> np.ndarray:
+    """One unit embedding per class from a prompt ensemble (the zero-shot pipeline's computation)."""
     prompts = [template.format(name) for name in class_names for template in templates]
     tokens = processor(text=prompts).to(model.device)
     return prompt_ensemble_embeddings(model, tokens, len(templates)).float().cpu().numpy()
