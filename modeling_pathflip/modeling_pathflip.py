@@ -300,8 +300,9 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
     ) -> PathFLIPGroundingOutput:
         """Score every patch of every bag for each text ``[T, S]`` (DESIGN §6).
 
-        score(p) = TRA weight of p's region for the text x Region Q-Former weight of p in its region.
-        Scores are aligned with the rows of ``patch_features`` (0 on padding).
+        score(p) = TRA weight of p's region for the text x Region Q-Former weight of p relative to a uniform
+        weight over the region's patches (weight x patch count). Scores are aligned with the rows of
+        ``patch_features`` (0 on padding).
         """
         slide = self.get_slide_features(
             patch_features, patch_attention_mask, region_patch_index, region_attention_mask, True
@@ -311,8 +312,11 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             text_embeds, slide.region_embeds, region_attention_mask
         )
         batch, num_regions, max_patches = region_patch_index.shape
-        per_slot = region_scores[..., None] * slide.region_patch_weights[:, None]  # [B, T, L, P]
-        per_slot = per_slot * (region_patch_index >= 0)[:, None].to(per_slot.dtype)
+        real_slots = (region_patch_index >= 0).to(region_scores.dtype)
+        # Raw weights sum to 1 within each region, so a patch of a sparsely filled region (a tissue edge) would
+        # outscore one of a full region for the same attention; relative to uniform they compare across regions.
+        relative_weights = slide.region_patch_weights * real_slots.sum(-1, keepdim=True)
+        per_slot = region_scores[..., None] * relative_weights[:, None] * real_slots[:, None]  # [B, T, L, P]
         rows = region_patch_index.clamp(min=0).reshape(batch, 1, num_regions * max_patches)
         rows = rows.expand(-1, region_scores.shape[1], -1)
         patch_scores = per_slot.new_zeros(batch, region_scores.shape[1], patch_features.shape[1])

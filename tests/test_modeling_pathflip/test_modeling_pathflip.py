@@ -189,7 +189,7 @@ def test_mean_pooling_ablation_gives_uniform_region_weights(config_factory, proc
 # ---- grounding ----------------------------------------------------------------------------------
 
 
-def test_grounding_scores_are_region_weight_times_patch_weight(model, processor, bag_factory, bag_inputs):
+def test_grounding_scores_are_region_weight_times_relative_patch_weight(model, processor, bag_factory, bag_inputs):
     bags = [bag_factory(0, 45), bag_factory(1, 30)]
     batch = processor(bags, return_loss=False)
     texts = processor(text=["dense tumour nuclei", "fat", "fibrous stroma in the left region"])
@@ -202,8 +202,11 @@ def test_grounding_scores_are_region_weight_times_patch_weight(model, processor,
         n = bag["features"].shape[0]
         torch.testing.assert_close(grounding.patch_scores[i, :, :n], direct[i], atol=1e-6, rtol=1e-5)
         assert (grounding.patch_scores[i, :, n:] == 0).all()
-        # Each text's weights over regions sum to 1 and within each region to 1, so patch scores sum to 1.
-        torch.testing.assert_close(grounding.patch_scores[i].sum(-1), torch.ones(3))
+        # Relative patch weights average 1 within each region, so a region's patch scores sum to its TRA weight
+        # times its patch count: a text's scores sum to the TRA-weighted mean region size.
+        real = batch["region_attention_mask"][i].bool()
+        sizes = (batch["region_patch_index"][i][real] >= 0).sum(-1).float()
+        torch.testing.assert_close(grounding.patch_scores[i].sum(-1), grounding.region_scores[i][:, real] @ sizes)
 
 
 def _direct_grounding(model, batch, texts):
@@ -228,7 +231,7 @@ def _direct_grounding(model, batch, texts):
                 query_embeds=model.query_tokens, encoder_hidden_states=projected[rows][None], output_attentions=True
             )
             patch_weight = out.cross_attentions[-1][0].mean(dim=(0, 1))
-            scores[:, rows] = alpha[0, :, region, None] * patch_weight[None]
+            scores[:, rows] = alpha[0, :, region, None] * patch_weight[None] * len(rows)
         results.append(scores)
     return results
 
