@@ -12,7 +12,7 @@ from pathlib import Path
 import evaluate
 
 MODULES_DIR = Path(__file__).resolve().parent
-METRIC_NAMES = ("grounding", "slide_text_retrieval", "zero_shot_classification")
+METRIC_NAMES = ("grounding", "slide_text_retrieval", "zero_shot_classification", "captioning", "vqa")
 
 
 def metric_path(name: str) -> Path:

@@ -1,6 +1,5 @@
 """The local `evaluate` metric modules, loaded offline through `evaluate.load(folder)`, against hand-computed values."""
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,27 +10,7 @@ evaluate = pytest.importorskip("evaluate")
 MODULES = Path(__file__).resolve().parents[2] / "eval" / "modules"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline_evaluate(tmp_path_factory):
-    """Offline env, a fresh HF_HOME and no sockets for every test here.
-
-    `evaluate.config` reads HF_HOME once at import, so its cache paths are patched as well; one directory serves the
-    whole module because evaluate puts the first modules cache on sys.path and imports `evaluate_modules` from it.
-    """
-    hf_home = tmp_path_factory.mktemp("hf_home")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-            patch.setenv(name, "1")
-        patch.setenv("HF_HOME", str(hf_home))
-        patch.setattr(evaluate.config, "HF_MODULES_CACHE", hf_home / "modules")
-        patch.setattr(evaluate.config, "HF_METRICS_CACHE", hf_home / "metrics")
-        patch.setattr(evaluate.config, "HF_EVALUATE_CACHE", hf_home / "evaluate")
-
-        def no_network(*args, **kwargs):
-            raise OSError("network access in an offline test")
-
-        patch.setattr(socket.socket, "connect", no_network)
-        yield hf_home
+pytestmark = pytest.mark.usefixtures("offline_evaluate")  # tests/test_eval/conftest.py
 
 
 def test_zero_shot_classification_module(offline_evaluate):
