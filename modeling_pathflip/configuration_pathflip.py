@@ -28,7 +28,34 @@ def _build_sub_config(value: Any, default_model_type: str, **defaults: Any) -> P
     return AutoConfig.for_model(model_type, **values)
 
 
-class PathFLIPConfig(PretrainedConfig):
+class _ServedPipelinesConfig(PretrainedConfig):
+    """A config whose ``custom_pipelines`` step aside while this package serves the same tasks."""
+
+    @property
+    def custom_pipelines(self) -> dict:
+        """The tasks a saved folder serves as remote code; empty while the installed package serves them.
+
+        `pipeline()` refuses any task listed here without ``trust_remote_code=True``, even when this
+        package already registered it. Hiding the list whenever every task is registered with a class of
+        the same name lets ``pipeline(task, model=folder)`` work with the package installed, while the
+        saved config keeps the list for ``trust_remote_code=True`` users without it.
+        """
+        tasks = self.__dict__.get("_custom_pipelines") or {}
+        return {} if tasks and _served_by_registry(tasks) else tasks
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, tasks: dict) -> None:
+        self.__dict__["_custom_pipelines"] = tasks
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        tasks = output.pop("_custom_pipelines", None)
+        if tasks:
+            output["custom_pipelines"] = tasks
+        return output
+
+
+class PathFLIPConfig(_ServedPipelinesConfig):
     r"""Configuration of [`PathFLIPModel`]; the defaults reproduce the paper (DESIGN §4).
 
     Args:
@@ -135,29 +162,6 @@ class PathFLIPConfig(PretrainedConfig):
         self._validate()
         super().__init__(**kwargs)
 
-    @property
-    def custom_pipelines(self) -> dict:
-        """The tasks a saved folder serves as remote code; empty while the installed package serves them.
-
-        `pipeline()` refuses any task listed here without ``trust_remote_code=True``, even when this
-        package already registered it. Hiding the list whenever every task is registered with a class of
-        the same name lets ``pipeline(task, model=folder)`` work with the package installed, while the
-        saved config keeps the list for ``trust_remote_code=True`` users without it.
-        """
-        tasks = self.__dict__.get("_custom_pipelines") or {}
-        return {} if tasks and _served_by_registry(tasks) else tasks
-
-    @custom_pipelines.setter
-    def custom_pipelines(self, tasks: dict) -> None:
-        self.__dict__["_custom_pipelines"] = tasks
-
-    def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        tasks = output.pop("_custom_pipelines", None)
-        if tasks:
-            output["custom_pipelines"] = tasks
-        return output
-
     def _validate(self) -> None:
         """Raise `ValueError` on values that cannot build a working model."""
         positive = (
@@ -190,6 +194,54 @@ class PathFLIPConfig(PretrainedConfig):
             raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}.")
         if self.logit_scale_max <= 0:
             raise ValueError(f"logit_scale_max must be > 0, got {self.logit_scale_max}.")
+
+
+class PathFLIPGenerationConfig(_ServedPipelinesConfig):
+    r"""Configuration of [`PathFLIPForConditionalGeneration`]: PathFLIP + projector + a causal LLM (DESIGN §9).
+
+    Args:
+        pathflip_config (`dict` or [`PathFLIPConfig`], *optional*): the slide/text alignment model.
+        llm_config (`dict` or `PretrainedConfig`, *optional*): any causal LM's `AutoConfig` (default: LLaMA).
+        max_visual_tokens (`int`): visual tokens per slide: the slide token and up to ``max_visual_tokens - 1``
+            region tokens.
+        image_token (`str`): the prompt placeholder where the visual tokens are spliced in.
+        image_token_id (`int`, *optional*): its id in the LLM tokenizer (set by [`PathFLIPGenerationProcessor`]);
+            it may lie outside the LLM's vocabulary, because the placeholder itself is never embedded.
+        projector_hidden_act (`str`): activation of the two-layer projector to the LLM width.
+    """
+
+    model_type = "pathflip_generation"
+    sub_configs = {"pathflip_config": PathFLIPConfig, "llm_config": AutoConfig}
+
+    def __init__(
+        self,
+        pathflip_config: dict | PathFLIPConfig | None = None,
+        llm_config: dict | PretrainedConfig | None = None,
+        max_visual_tokens: int = 65,
+        image_token: str = "<image>",
+        image_token_id: int | None = None,
+        projector_hidden_act: str = "gelu",
+        **kwargs: Any,
+    ):
+        if isinstance(pathflip_config, dict):
+            pathflip_config = PathFLIPConfig(**pathflip_config)
+        self.pathflip_config = pathflip_config or PathFLIPConfig()
+        self.llm_config = _build_sub_config(llm_config, "llama")
+        if not isinstance(max_visual_tokens, int) or max_visual_tokens < 1:
+            raise ValueError(
+                f"max_visual_tokens must be a positive integer (1 slide token + regions), got {max_visual_tokens!r}."
+            )
+        if not image_token:
+            raise ValueError("image_token must be a non-empty string such as '<image>'.")
+        self.max_visual_tokens = max_visual_tokens
+        self.image_token = image_token
+        self.image_token_id = image_token_id
+        self.projector_hidden_act = projector_hidden_act
+        super().__init__(**kwargs)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
+        """The LLM's config: what generation utilities need (PathFLIP's own text tower is an encoder side part)."""
+        return self.llm_config
 
 
 def _served_by_registry(tasks: dict) -> bool:

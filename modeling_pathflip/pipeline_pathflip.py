@@ -312,21 +312,3 @@ TASKS = {
     "slide-grounding": SlideGroundingPipeline,
     "slide-text-retrieval": SlideTextRetrievalPipeline,
 }
-
-
-def save_pretrained_with_pipelines(model, processor, save_directory) -> None:
-    """Save model, processor and every PathFLIP task so that ``pipeline(task, model=folder)`` works for each.
-
-    `Pipeline.save_pretrained` writes only its own task into ``custom_pipelines`` and no processor config;
-    this writes them all (and the pipeline code, for ``trust_remote_code=True`` without the package).
-    """
-    from transformers import pipeline
-
-    first_task = next(iter(TASKS))
-    pipeline(first_task, model=model, processor=processor).save_pretrained(save_directory)  # copies this file
-    model.config.custom_pipelines = {
-        task: {"impl": f"pipeline_pathflip.{pipeline_class.__name__}", "pt": ["AutoModel"], "type": "multimodal"}
-        for task, pipeline_class in TASKS.items()
-    }
-    model.save_pretrained(save_directory)
-    processor.save_pretrained(save_directory)

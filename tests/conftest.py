@@ -167,3 +167,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def tiny_llm_config(tokenizer, **overrides) -> dict:
+    """A 2-layer LLaMA-style causal LM config for ``tokenizer`` (random weights)."""
+    values = dict(
+        model_type="llama", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    values.update(overrides)
+    return values
+
+
+@pytest.fixture(scope="session")
+def llm_tokenizer():
+    """A byte-level BPE tokenizer trained on the test captions, with the ``<image>`` placeholder."""
+    from processing.text import train_causal_lm_tokenizer
+
+    questions = ["Describe the slide.", "What is the diagnosis?", "Is there necrosis?", "A. B. C. yes no"]
+    return train_causal_lm_tokenizer(CAPTIONS * 4 + questions * 4, vocab_size=400)
+
+
+@pytest.fixture
+def generation_model(llm_tokenizer):
+    """A tiny PathFLIPForConditionalGeneration and its processor (max 5 visual tokens)."""
+    from modeling_pathflip import (
+        PathFLIPForConditionalGeneration,
+        PathFLIPGenerationConfig,
+        PathFLIPGenerationProcessor,
+    )
+
+    config = PathFLIPGenerationConfig(
+        pathflip_config=tiny_config().to_dict(), llm_config=tiny_llm_config(llm_tokenizer), max_visual_tokens=5
+    )
+    processor = PathFLIPGenerationProcessor.from_model_config(llm_tokenizer, config, max_length=160)
+    torch.manual_seed(0)
+    return PathFLIPForConditionalGeneration(config).eval(), processor
