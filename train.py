@@ -6,12 +6,21 @@ or `accelerate launch train.py ...`. Both losses use the negatives of the global
 
     python train.py --dataset_name_or_path bags/dataset --text_model_name_or_path path/to/bert \
         --output_dir runs/pathflip --per_device_train_batch_size 8 --num_train_epochs 10 --do_train --do_eval
+
+The LLM stages (DESIGN §9) start from that model: `--stage caption` trains the projector to a frozen LLM on
+captions, `--stage instruct` adds LoRA adapters (peft) and VQA records:
+
+    python train.py --stage caption --model_name_or_path runs/pathflip --llm_name_or_path path/to/causal-lm \
+        --dataset_name_or_path bags/dataset --output_dir runs/caption --do_train
+    python train.py --stage instruct --model_name_or_path runs/caption --dataset_name_or_path bags/instructions \
+        --output_dir runs/instruct --do_train
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +28,7 @@ import datasets
 import numpy as np
 import transformers
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoTokenizer,
     HfArgumentParser,
@@ -30,10 +40,21 @@ from transformers import (
 
 from eval.metrics import classification_metrics, retrieval_metrics, zero_shot_probabilities
 from eval.runner import class_prompt_embeddings
-from modeling_pathflip import PathFLIPConfig, PathFLIPModel, PathFLIPProcessor
+from modeling_pathflip import (
+    PathFLIPConfig,
+    PathFLIPForConditionalGeneration,
+    PathFLIPGenerationConfig,
+    PathFLIPGenerationProcessor,
+    PathFLIPModel,
+    PathFLIPProcessor,
+    save_pretrained_with_pipelines,
+)
+from modeling_pathflip.generation_pipeline_pathflip import DEFAULT_INSTRUCTION
 from modeling_pathflip.pipeline_pathflip import DEFAULT_TEMPLATES
+from processing.instructions import VQA_COLUMNS, GenerationCollator, record_texts
 
 logger = logging.getLogger(__name__)
+STAGES = ("align", "caption", "instruct")
 
 
 @dataclass
@@ -45,6 +66,24 @@ class ModelArguments:
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder (default: text model)."})
     freeze_text_model: bool = field(default=False, metadata={"help": "Keep the text tower's weights fixed."})
+    stage: str = field(
+        default="align",
+        metadata={
+            "help": "align: PathFLIP pretraining. caption: LLM stage 1, the projector alone on captions (PathFLIP "
+            "and the LLM frozen). instruct: stage 2, the projector and LoRA adapters on captions and VQA records.",
+            "choices": STAGES,
+        },
+    )
+    llm_name_or_path: str | None = field(
+        default=None, metadata={"help": "caption stage from an alignment model: the causal LM (folder or Hub id)."}
+    )
+    max_visual_tokens: int = field(default=65, metadata={"help": "LLM stage: slide token + at most this - 1 regions."})
+    lora_r: int = field(default=8, metadata={"help": "instruct stage: LoRA rank."})
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "LLM modules that get LoRA adapters (default: peft's choice for the LLM)."}
+    )
 
 
 @dataclass
@@ -55,6 +94,10 @@ class DataArguments:
     features_column: str = field(default="features", metadata={"help": "Column of the [N, D] patch features."})
     coords_column: str = field(default="coords", metadata={"help": "Column of the [N, 2] level-0 coordinates."})
     caption_column: str = field(default="caption")
+    question_column: str = field(default="question", metadata={"help": "LLM stage: the VQA question column."})
+    options_column: str = field(default="options", metadata={"help": "LLM stage: the VQA options (list of texts)."})
+    answer_column: str = field(default="answer", metadata={"help": "LLM stage: the VQA answer (option letter)."})
+    caption_prompt: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "LLM stage: instruction of captions."})
     label_column: str = field(default="label")
     num_subcaptions: int | None = field(default=None, metadata={"help": "Subcaptions per slide (default: config)."})
     max_regions: int | None = field(default=24, metadata={"help": "Regions sampled per slide in training."})
@@ -115,12 +158,16 @@ def load_splits(args: DataArguments) -> datasets.DatasetDict:
         loaded = datasets.load_dataset(args.dataset_name_or_path)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({args.train_split: loaded})
-    renames = {args.features_column: "features", args.coords_column: "coords"}
-    renames = {old: new for old, new in renames.items() if old != new}
+    renames = {
+        args.features_column: "features", args.coords_column: "coords", args.caption_column: "caption",
+        args.question_column: "question", args.options_column: "options", args.answer_column: "answer",
+    }  # fmt: skip
+    columns = set(next(iter(loaded.values())).column_names)
+    renames = {old: new for old, new in renames.items() if old != new and old in columns}
     return loaded.rename_columns(renames) if renames else loaded
 
 
-def check_dataset(dataset: datasets.Dataset, name: str, config: PathFLIPConfig, caption_column: str) -> None:
+def check_dataset(dataset: datasets.Dataset, name: str, patch_dim: int, stage: str = "align") -> None:
     """Stop before training on a dataset the model cannot use, naming the column or row and the fix."""
     missing = [column for column in ("features", "coords", "patch_size_level0") if column not in dataset.column_names]
     if missing:
@@ -128,20 +175,25 @@ def check_dataset(dataset: datasets.Dataset, name: str, config: PathFLIPConfig, 
             f"{name} split has no {missing} column(s) (columns: {dataset.column_names}); build it with "
             "`pathflip extract` / `pathflip import` or rename the columns (DESIGN §3)."
         )
-    if caption_column not in dataset.column_names:
-        raise ValueError(f"{name} split has no caption column {caption_column!r}; pass --caption_column.")
-    dim = np.asarray(dataset[0]["features"]).shape[-1]
-    if dim != config.patch_dim:
+    text_columns = [column for column in ("slide_id", "caption", *VQA_COLUMNS) if column in dataset.column_names]
+    if "caption" not in text_columns and (stage == "align" or "question" not in text_columns):
         raise ValueError(
-            f"{name} split has {dim}-dim features but the model expects patch_dim={config.patch_dim}; "
+            f"{name} split has no caption column (columns: {dataset.column_names}); pass --caption_column."
+        )
+    dim = np.asarray(dataset[0]["features"]).shape[-1]
+    if dim != patch_dim:
+        raise ValueError(
+            f"{name} split has {dim}-dim features but the model expects patch_dim={patch_dim}; "
             "use features of the model's patch encoder, or a config with the dataset's dimension."
         )
-    for index, caption in enumerate(dataset[caption_column]):
-        if caption is None or not str(caption).strip():
-            slide = dataset[index]["slide_id"] if "slide_id" in dataset.column_names else f"row {index}"
+    for index, row in enumerate(dataset.select_columns(text_columns)):
+        row.setdefault("slide_id", f"row {index}")
+        if stage != "align":
+            record_texts(row)  # raises on a row that is neither a caption nor a valid VQA record
+        elif row["caption"] is None or not str(row["caption"]).strip():
             raise ValueError(
-                f"{name} split, {slide} (row {index}): empty caption. Training needs a caption for every slide; "
-                "fill it or drop the row (dataset.filter)."
+                f"{name} split, {row['slide_id']} (row {index}): empty caption. Training needs a caption for every "
+                "slide; fill it or drop the row (dataset.filter)."
             )
 
 
@@ -185,6 +237,112 @@ def make_compute_metrics(model: PathFLIPModel, processor: PathFLIPProcessor, lab
     return compute_metrics
 
 
+def alignment_trainer(model_args, data_args, training_args, train_set, eval_set) -> tuple[Trainer, Callable]:
+    """The PathFLIP pretraining `Trainer` and how to save its result."""
+    model, tokenizer = build_model(model_args, train_set)
+    for name, split in (("train", train_set), ("eval", eval_set)):
+        if split is not None:
+            check_dataset(split, name, model.config.patch_dim)
+    if model_args.freeze_text_model:
+        model.text_model.requires_grad_(False)
+    processor = PathFLIPProcessor.from_model_config(
+        tokenizer,
+        model.config,
+        max_regions_train=data_args.max_regions,
+        num_subcaptions=data_args.num_subcaptions or model.config.num_subcaptions,
+    )
+    labels = None
+    if eval_set is not None and data_args.label_column in eval_set.column_names:
+        labels = eval_set[data_args.label_column]
+    collator = EpochCollator(processor)
+    trainer = PathFLIPTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set.with_format("numpy"),
+        eval_dataset=eval_set.with_format("numpy") if eval_set is not None else None,
+        data_collator=collator,
+        callbacks=[EpochCallback(collator)],
+        eval_data_collator=processor,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(model, processor, labels, data_args) if eval_set is not None else None,
+    )
+    return trainer, lambda trained: trained.save_model()  # weights, config + code, and the processor
+
+
+# ---- LLM stages (DESIGN §9) --------------------------------------------------------------------
+
+
+def build_generation_model(model_args) -> tuple[PathFLIPForConditionalGeneration, PathFLIPGenerationProcessor]:
+    """A saved LLM-stage model, or an alignment model joined to ``--llm_name_or_path``; with its processor."""
+    source = model_args.model_name_or_path
+    if source is None:
+        raise ValueError(
+            f"--stage {model_args.stage} starts from a trained model: pass --model_name_or_path (an alignment model "
+            "from --stage align, with --llm_name_or_path, or a model saved by a previous LLM stage)."
+        )
+    if AutoConfig.from_pretrained(source).model_type == PathFLIPGenerationConfig.model_type:
+        return PathFLIPForConditionalGeneration.from_pretrained(source), PathFLIPGenerationProcessor.from_pretrained(
+            source
+        )
+    if model_args.llm_name_or_path is None:
+        raise ValueError(f"{source} is an alignment model: pass --llm_name_or_path, the causal LM to attach.")
+    model = PathFLIPForConditionalGeneration.from_alignment(
+        source, model_args.llm_name_or_path, max_visual_tokens=model_args.max_visual_tokens
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.llm_name_or_path)
+    max_length = getattr(model.config.llm_config, "max_position_embeddings", None) or 1024
+    processor = PathFLIPGenerationProcessor.from_model_config(tokenizer, model.config, max_length=min(max_length, 4096))
+    return model, processor
+
+
+def add_lora(model: PathFLIPForConditionalGeneration, model_args) -> None:
+    """Wrap the LLM with trainable LoRA adapters (peft); its own weights stay frozen."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError("--stage instruct trains LoRA adapters with peft: pip install 'pathflip[llm]'") from error
+    lora = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model.language_model = get_peft_model(model.language_model, lora)
+
+
+def save_generation_model(trainer: Trainer) -> None:
+    """Merge LoRA adapters into the LLM, then save a folder that serves `slide-text-generation`."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model.language_model, "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+    if trainer.is_world_process_zero():
+        save_pretrained_with_pipelines(model, trainer.processing_class, trainer.args.output_dir)
+
+
+def generation_trainer(model_args, data_args, training_args, train_set, eval_set) -> tuple[Trainer, Callable]:
+    """The `Trainer` of an LLM stage and how to save its result."""
+    model, processor = build_generation_model(model_args)
+    for name, split in (("train", train_set), ("eval", eval_set)):
+        if split is not None:
+            check_dataset(split, name, model.config.pathflip_config.patch_dim, model_args.stage)
+    model.freeze_for_stage(model_args.stage)
+    if model_args.stage == "instruct":
+        add_lora(model, model_args)
+    collator = GenerationCollator(processor, data_args.caption_prompt)
+    trainer = PathFLIPTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set.with_format("numpy"),
+        eval_dataset=eval_set.with_format("numpy") if eval_set is not None else None,
+        data_collator=collator,
+        callbacks=[EpochCallback(collator)],
+        eval_data_collator=GenerationCollator(processor, data_args.caption_prompt),
+        processing_class=processor,
+    )
+    return trainer, save_generation_model
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
@@ -199,41 +357,12 @@ def main(argv: list[str] | None = None) -> dict:
     splits = load_splits(data_args)
     train_set = splits[data_args.train_split]
     eval_set = splits[data_args.eval_split] if data_args.eval_split else None
-    model, tokenizer = build_model(model_args, train_set)
-    for name, split in (("train", train_set), ("eval", eval_set)):
-        if split is not None:
-            check_dataset(split, name, model.config, data_args.caption_column)
-    if model_args.freeze_text_model:
-        model.text_model.requires_grad_(False)
-    processor = PathFLIPProcessor.from_model_config(
-        tokenizer,
-        model.config,
-        max_regions_train=data_args.max_regions,
-        num_subcaptions=data_args.num_subcaptions or model.config.num_subcaptions,
-    )
-    train_set, eval_set = (split.with_format("numpy") if split is not None else None for split in (train_set, eval_set))
-    labels = (
-        eval_set[data_args.label_column]
-        if eval_set is not None and data_args.label_column in eval_set.column_names
-        else None
-    )
-
-    collator = EpochCollator(processor)
-    trainer = PathFLIPTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=collator,
-        callbacks=[EpochCallback(collator)],
-        eval_data_collator=processor,
-        processing_class=processor,
-        compute_metrics=make_compute_metrics(model, processor, labels, data_args) if eval_set is not None else None,
-    )
+    build_trainer = alignment_trainer if model_args.stage == "align" else generation_trainer
+    trainer, save = build_trainer(model_args, data_args, training_args, train_set, eval_set)
     results = {}
     if training_args.do_train:
         outcome = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()  # weights, config + code, and the processor
+        save(trainer)
         results.update(outcome.metrics)
     if training_args.do_eval and eval_set is not None:
         results.update(trainer.evaluate())
