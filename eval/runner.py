@@ -98,6 +98,13 @@ METRIC_LABELS = {
     "retrieval_slide_to_text_r5": "Slide->text R@5",
     "grounding_auroc": "Grounding AUROC",
     "pointing_game": "Pointing game",
+    "caption_bleu_1": "Caption BLEU-1",
+    "caption_bleu_4": "Caption BLEU-4",
+    "caption_rouge_l": "Caption ROUGE-L",
+    "caption_meteor": "Caption METEOR (no synonyms)",
+    "caption_diagnosis_rate": "Captions naming the true diagnosis",
+    "vqa_accuracy": "VQA accuracy (multiple choice)",
+    "vqa_majority_baseline": "VQA majority-letter baseline",
 }
 
 

@@ -183,20 +183,24 @@ def _emit(records: list[dict], output: str | None) -> None:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    """The whole job on a generated cohort: features, pretraining, evaluation, heatmaps, a Hub-ready folder."""
+    """The whole job on a generated cohort: features, pretraining, evaluation, heatmaps, a Hub-ready folder,
+    then captioning and VQA with a small LLM."""
     from .demo import DemoOptions, run_demo
 
     options = DemoOptions(output=Path(args.output), seed=args.seed, num_slides=args.num_slides,
                           max_steps=args.max_steps, ablation=args.ablation, text_model=args.text_model,
-                          learning_rate=args.learning_rate)  # fmt: skip
+                          learning_rate=args.learning_rate, llm_steps=args.llm_steps)  # fmt: skip
     run_demo(options)
     return 0
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    """Evaluate a model on a feature-bag dataset: metrics.json and metrics.md."""
+    """Evaluate a model on a feature-bag dataset: metrics.json and metrics.md (zero-shot, retrieval and
+    grounding for an alignment model; captions and VQA for an LLM-stage model)."""
     import datasets
+    from transformers import AutoConfig
 
+    from eval.generation import evaluate_generation
     from eval.runner import evaluate_model, write_report
 
     loaded = datasets.load_from_disk(args.dataset)
@@ -204,7 +208,9 @@ def command_eval(args: argparse.Namespace) -> int:
         if args.split not in loaded:
             raise ValueError(f"{args.dataset} has splits {list(loaded)}; choose one with --split.")
         loaded = loaded[args.split]
-    metrics = evaluate_model(args.model, loaded, class_names=args.class_names, trust_remote_code=args.trust_remote_code)
+    model_type = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).model_type
+    evaluate = evaluate_generation if model_type == "pathflip_generation" else evaluate_model
+    metrics = evaluate(args.model, loaded, class_names=args.class_names, trust_remote_code=args.trust_remote_code)
     path = write_report(metrics, args.output)
     print((path.parent / "metrics.md").read_text())
     return 0
@@ -317,6 +323,7 @@ def _add_demo_verbs(commands) -> None:
     demo.add_argument("--num-slides", type=int, default=150)
     demo.add_argument("--max-steps", type=int, default=200, help="training steps")
     demo.add_argument("--learning-rate", type=float, default=5e-4)
+    demo.add_argument("--llm-steps", type=int, default=150, help="steps of each LLM stage (0: skip captioning/VQA)")
     demo.add_argument("--ablation", choices=["no-region-loss", "no-tra"], help="train an ablated model instead")
     demo.add_argument(
         "--text-model",
