@@ -8,13 +8,14 @@ from .options_pathflip import multiple_choice_prompt, parse_option_letter
 from .pipeline_pathflip import _SlidePipeline, load_bags
 
 DEFAULT_INSTRUCTION = "Describe the slide."
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 class SlideTextGenerationPipeline(_SlidePipeline):
     """bag + ``prompt`` (an instruction) or ``question`` with ``options`` -> ``{"generated_text"}``; for multiple
     choice also ``"answer"``, the option letter parsed from the text (None when none can be read).
 
-    Generation options (``max_new_tokens``, ``do_sample``, ``num_beams``, ...) go to ``model.generate``.
+    Generation options (``max_new_tokens``, default 128; ``do_sample``, ``num_beams``, ...) go to ``model.generate``.
     """
 
     preprocess_options = ("prompt", "question", "options", "patch_encoder", "mpp")
@@ -25,6 +26,9 @@ class SlideTextGenerationPipeline(_SlidePipeline):
         for key in list(kwargs):
             if key not in self.preprocess_options:
                 generate_kwargs[key] = kwargs.pop(key)
+        if "max_length" not in generate_kwargs:
+            # transformers' GenerationConfig default (max_length 20) would cut a caption after a few words.
+            generate_kwargs.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
         pre, _, post = super()._sanitize_parameters(**kwargs)
         return pre, {"generate_kwargs": generate_kwargs}, post
 

@@ -323,7 +323,7 @@ def _add_demo_verbs(commands) -> None:
     demo.add_argument("--num-slides", type=int, default=150)
     demo.add_argument("--max-steps", type=int, default=200, help="training steps")
     demo.add_argument("--learning-rate", type=float, default=5e-4)
-    demo.add_argument("--llm-steps", type=int, default=150, help="steps of each LLM stage (0: skip captioning/VQA)")
+    demo.add_argument("--llm-steps", type=int, default=300, help="steps of each LLM stage (0: skip captioning/VQA)")
     demo.add_argument("--ablation", choices=["no-region-loss", "no-tra"], help="train an ablated model instead")
     demo.add_argument(
         "--text-model",

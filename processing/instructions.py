@@ -24,7 +24,8 @@ def is_question(row: Mapping[str, Any]) -> bool:
 
 
 def record_texts(row: Mapping[str, Any], caption_prompt: str = DEFAULT_INSTRUCTION) -> tuple[str, str]:
-    """``(prompt, target)`` of a record; the target of a VQA record is "B. option text"."""
+    """``(prompt, target)`` of a record; the target of a VQA record is "option text (B)": the content first, so
+    the model decides what it sees before it copies that option's letter."""
     name = row.get("slide_id", "a row")
     if not is_question(row):
         caption = row.get("caption")
@@ -39,7 +40,7 @@ def record_texts(row: Mapping[str, Any], caption_prompt: str = DEFAULT_INSTRUCTI
             f"{name}: VQA record with options {options} and answer {answer!r}; the answer must be one of the "
             f"option letters {letters}."
         )
-    return multiple_choice_prompt(str(row["question"]), options), f"{answer}. {options[letters.index(answer)]}"
+    return multiple_choice_prompt(str(row["question"]), options), f"{options[letters.index(answer)]} ({answer})"
 
 
 class GenerationCollator:

