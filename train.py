@@ -281,9 +281,8 @@ def build_generation_model(model_args) -> tuple[PathFLIPForConditionalGeneration
             "from --stage align, with --llm_name_or_path, or a model saved by a previous LLM stage)."
         )
     if AutoConfig.from_pretrained(source).model_type == PathFLIPGenerationConfig.model_type:
-        return PathFLIPForConditionalGeneration.from_pretrained(source), PathFLIPGenerationProcessor.from_pretrained(
-            source
-        )
+        model = PathFLIPForConditionalGeneration.from_pretrained(source)
+        return model, PathFLIPGenerationProcessor.from_pretrained(source)
     if model_args.llm_name_or_path is None:
         raise ValueError(f"{source} is an alignment model: pass --llm_name_or_path, the causal LM to attach.")
     model = PathFLIPForConditionalGeneration.from_alignment(

@@ -77,6 +77,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         num_subcaptions (`int`): K, subcaptions per slide in the region loss.
         tra_heads (`int`): heads of the Text-Region Attention.
         use_text_region_attention (`bool`): ablation; `False` replaces TRA by mean pooling of regions.
+        use_region_positions (`bool`): add an embedding of each region's place in the slide (Fourier features of
+            its row and column scaled to [0, 1]) to the region tokens, so that place words ("upper left") can be
+            matched. Not in the paper, hence off by default.
         use_slide_loss, use_region_loss (`bool`): ablation switches for the two losses.
         slide_loss_weight, region_loss_weight (`float`): weights of the two losses.
         logit_scale_init_value (`float`): initial log inverse temperature of the slide loss (ln 1/0.07).
@@ -115,6 +118,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         num_subcaptions: int = 8,
         tra_heads: int = 8,
         use_text_region_attention: bool = True,
+        use_region_positions: bool = False,
         use_slide_loss: bool = True,
         use_region_loss: bool = True,
         slide_loss_weight: float = 1.0,
@@ -148,6 +152,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         self.num_subcaptions = num_subcaptions
         self.tra_heads = tra_heads
         self.use_text_region_attention = use_text_region_attention
+        self.use_region_positions = use_region_positions
         self.use_slide_loss = use_slide_loss
         self.use_region_loss = use_region_loss
         self.slide_loss_weight = slide_loss_weight

@@ -109,10 +109,11 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
         patch_attention_mask: torch.Tensor,
         region_patch_index: torch.Tensor,
         region_attention_mask: torch.Tensor,
+        region_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected ``[slide; regions]`` tokens ``[B, 1 + L, H]`` and their mask ``[B, 1 + L]``."""
         slide = self.pathflip.get_slide_features(
-            patch_features, patch_attention_mask, region_patch_index, region_attention_mask
+            patch_features, patch_attention_mask, region_patch_index, region_attention_mask, region_positions
         )
         tokens = torch.cat([slide.slide_embeds[:, None], slide.region_embeds], dim=1)
         mask = torch.cat([torch.ones_like(region_attention_mask[:, :1]), region_attention_mask], dim=1)
@@ -176,6 +177,7 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
         region_attention_mask: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        region_positions: torch.Tensor | None = None,
         **kwargs,
     ) -> PathFLIPGenerationOutput:
         """LLM logits over prompt + visual tokens + target; with ``labels`` the caption/answer loss.
@@ -187,6 +189,7 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
             "patch_attention_mask": patch_attention_mask,
             "region_patch_index": region_patch_index,
             "region_attention_mask": region_attention_mask,
+            "region_positions": region_positions,
         }
         spliced, visual_embeds = self._spliced(input_ids, attention_mask, bag, labels)
         outputs = self.language_model(
@@ -213,6 +216,7 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
         region_patch_index: torch.Tensor,
         region_attention_mask: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        region_positions: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Generate the continuation of each prompt (only the new tokens are returned, as for ``inputs_embeds``)."""
@@ -221,6 +225,7 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
             "patch_attention_mask": patch_attention_mask,
             "region_patch_index": region_patch_index,
             "region_attention_mask": region_attention_mask,
+            "region_positions": region_positions,
         }
         generate_kwargs.pop("labels", None)
         spliced, _ = self._spliced(input_ids, attention_mask, bag)

@@ -119,6 +119,16 @@ def mean_region_pooling(
     return pooled[:, None].expand(-1, num_texts, -1), weights[:, None].expand(-1, num_texts, -1)
 
 
+POSITION_FREQUENCIES = 4
+
+
+def fourier_positions(positions: torch.Tensor) -> torch.Tensor:
+    """sin/cos of pi * k * p for k = 1..POSITION_FREQUENCIES: ``[..., 2]`` in [0, 1] -> ``[..., 4 * F]``."""
+    frequencies = torch.arange(1, POSITION_FREQUENCIES + 1, device=positions.device, dtype=positions.dtype)
+    angles = torch.pi * positions[..., None] * frequencies  # [..., 2, F]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
 class PathFLIPPreTrainedModel(PreTrainedModel):
     config_class = PathFLIPConfig
     base_model_prefix = "pathflip"
@@ -165,6 +175,9 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         self.text_model = _text_model_without_pooler(config.text_config)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim, bias=False)
         self.text_region_attention = PathFLIPTextRegionAttention(config.embed_dim, config.tra_heads)
+        self.region_position_embedding = None
+        if config.use_region_positions:
+            self.region_position_embedding = nn.Linear(4 * POSITION_FREQUENCIES, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(0.0))
         self.region_logit_scale = nn.Parameter(torch.tensor(0.0))
         self.region_logit_bias = nn.Parameter(torch.tensor(0.0))
@@ -231,6 +244,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         patch_attention_mask: torch.Tensor,
         region_patch_index: torch.Tensor,
         region_attention_mask: torch.Tensor,
+        region_positions: torch.Tensor | None = None,
         output_region_patch_weights: bool = False,
     ) -> PathFLIPSlideOutput:
         """Encode bags into slide and region embeddings.
@@ -240,6 +254,8 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             patch_attention_mask: ``[B, N]`` 1 for real patches.
             region_patch_index: ``[B, L, P]`` row of each region's patches in ``patch_features`` (-1 = pad).
             region_attention_mask: ``[B, L]`` 1 for real regions.
+            region_positions: ``[B, L, 2]`` region (row, column) scaled to [0, 1] over the slide; used when
+                ``config.use_region_positions`` (the processor always returns it).
             output_region_patch_weights: also return the Region Q-Former patch weights (for grounding).
         """
         dtype = self.patch_projector[0].weight.dtype
@@ -248,6 +264,14 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         region_tokens, region_weights = self._read_regions(
             projected, region_patch_index, region_attention_mask, output_region_patch_weights
         )
+        if self.region_position_embedding is not None:
+            if region_positions is None:
+                raise ValueError(
+                    "This model embeds region positions (config.use_region_positions): pass region_positions, "
+                    "as PathFLIPProcessor returns it."
+                )
+            where = self.region_position_embedding(fourier_positions(region_positions.to(region_tokens.dtype)))
+            region_tokens = region_tokens + where * region_attention_mask[..., None].to(where.dtype)
         tokens = torch.cat([slide_token[:, None], region_tokens], dim=1)
         padding = torch.cat([torch.zeros_like(region_attention_mask[:, :1]), 1 - region_attention_mask.long()], 1)
         contextual = self.context_encoder(tokens, src_key_padding_mask=padding.bool())
@@ -297,6 +321,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         region_attention_mask: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        region_positions: torch.Tensor | None = None,
     ) -> PathFLIPGroundingOutput:
         """Score every patch of every bag for each text ``[T, S]`` (DESIGN §6).
 
@@ -305,7 +330,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         ``patch_features`` (0 on padding).
         """
         slide = self.get_slide_features(
-            patch_features, patch_attention_mask, region_patch_index, region_attention_mask, True
+            patch_features, patch_attention_mask, region_patch_index, region_attention_mask, region_positions, True
         )
         text_embeds = self.get_text_features(input_ids, attention_mask)
         _, region_scores = self.get_text_conditioned_region_features(
@@ -338,6 +363,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         subcaption_input_ids: torch.Tensor | None = None,
         subcaption_attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        region_positions: torch.Tensor | None = None,
     ) -> PathFLIPOutput:
         """Embed bags and captions; with ``return_loss`` (default: when captions are given) add the losses.
 
@@ -345,7 +371,9 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         ``input_ids`` ``[B, S]`` are the captions and ``subcaption_input_ids`` ``[B, K, S]`` the subcaptions.
         """
         return_loss = input_ids is not None if return_loss is None else return_loss
-        slide = self.get_slide_features(patch_features, patch_attention_mask, region_patch_index, region_attention_mask)
+        slide = self.get_slide_features(
+            patch_features, patch_attention_mask, region_patch_index, region_attention_mask, region_positions
+        )
         text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
         subcaption_embeds = None
         if subcaption_input_ids is not None:

@@ -19,7 +19,9 @@ from transformers import BatchFeature, ProcessorMixin
 
 from .subcaptions_pathflip import sample_subcaptions
 
-BAG_INPUT_NAMES = ["patch_features", "patch_attention_mask", "region_patch_index", "region_attention_mask"]
+BAG_INPUT_NAMES = [
+    "patch_features", "patch_attention_mask", "region_patch_index", "region_attention_mask", "region_positions",
+]  # fmt: skip
 TEXT_INPUT_NAMES = ["input_ids", "attention_mask", "subcaption_input_ids", "subcaption_attention_mask"]
 
 
@@ -32,6 +34,7 @@ class RegionLayout:
     coords: torch.Tensor  # [N, 2] long, level-0
     region_patch_index: torch.Tensor  # [L, P] rows of each region (-1 = pad)
     region_cells: torch.Tensor  # [L, 2] (row, column) of each region in region units
+    region_positions: torch.Tensor  # [L, 2] (row, column) scaled to [0, 1] over the slide's tissue extent
 
 
 def bag_name(bag: Mapping[str, Any], position: int) -> str:
@@ -116,7 +119,12 @@ def keep_regions(layout: RegionLayout, keep: torch.Tensor) -> RegionLayout:
     remapped = torch.where(index >= 0, new_row[index.clamp(min=0)], index)
     width = int((remapped >= 0).sum(1).max())
     return RegionLayout(
-        layout.name, layout.features[rows], layout.coords[rows], remapped[:, :width], layout.region_cells[keep]
+        layout.name,
+        layout.features[rows],
+        layout.coords[rows],
+        remapped[:, :width],
+        layout.region_cells[keep],
+        layout.region_positions[keep],
     )
 
 
@@ -131,11 +139,19 @@ def layout_bag(
     """Validate a bag and group it into regions; keep ``max_regions`` regions drawn with ``rng`` when given."""
     name, features, coords, patch_size = validate_bag(bag, position, patch_dim)
     index, cells = group_into_regions(name, coords, patch_size, region_grid_size)
-    layout = RegionLayout(name, features, coords, index, cells)
+    layout = RegionLayout(name, features, coords, index, cells, relative_positions(cells))
     if max_regions and cells.shape[0] > max_regions:
         keep = sorted((rng or random).sample(range(cells.shape[0]), max_regions))
         layout = keep_regions(layout, torch.tensor(keep))
     return layout
+
+
+def relative_positions(cells: torch.Tensor) -> torch.Tensor:
+    """Region cells scaled to [0, 1] per axis over the extent of all the slide's regions ("upper left" of the
+    section is near (0, 0) whatever the slide's size and margins)."""
+    cells = cells.float()
+    low = cells.min(dim=0).values
+    return (cells - low) / (cells.max(dim=0).values - low).clamp(min=1)
 
 
 def pad_layouts(layouts: list[RegionLayout], return_coords: bool = False) -> dict[str, torch.Tensor]:
@@ -148,6 +164,7 @@ def pad_layouts(layouts: list[RegionLayout], return_coords: bool = False) -> dic
     patch_mask = torch.zeros(batch, num_patches, dtype=torch.long)
     region_index = torch.full((batch, num_regions, region_width), -1, dtype=torch.long)
     region_mask = torch.zeros(batch, num_regions, dtype=torch.long)
+    region_positions = torch.zeros(batch, num_regions, 2)
     coords = torch.zeros(batch, num_patches, 2, dtype=torch.long)
     for i, layout in enumerate(layouts):
         n, (regions, width) = layout.features.shape[0], layout.region_patch_index.shape
@@ -156,11 +173,13 @@ def pad_layouts(layouts: list[RegionLayout], return_coords: bool = False) -> dic
         coords[i, :n] = layout.coords
         region_index[i, :regions, :width] = layout.region_patch_index
         region_mask[i, :regions] = 1
+        region_positions[i, :regions] = layout.region_positions
     out = {
         "patch_features": features,
         "patch_attention_mask": patch_mask,
         "region_patch_index": region_index,
         "region_attention_mask": region_mask,
+        "region_positions": region_positions,
     }
     if return_coords:
         out["patch_coords"] = coords

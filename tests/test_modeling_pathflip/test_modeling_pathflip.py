@@ -250,3 +250,25 @@ def test_grounding_without_eager_attention_says_how_to_fix_it(model, processor, 
         model.get_grounding(**bag_inputs(batch), **processor(text=["tumour"]))
     model.qformer.set_attn_implementation("eager")
     assert model.get_grounding(**bag_inputs(batch), **processor(text=["tumour"])).patch_scores.shape == (1, 1, 20)
+
+
+def test_region_positions_reach_the_region_tokens_without_breaking_batching(
+    config_factory, processor, bag_factory, bag_inputs
+):
+    torch.manual_seed(0)
+    model = PathFLIPModel(config_factory(use_region_positions=True)).eval()
+    bags = [bag_factory(0, 45), bag_factory(1, 30)]
+    inputs = bag_inputs(processor(bags, return_loss=False))
+    with torch.no_grad():
+        together = model.get_slide_features(**inputs)
+        for i, bag in enumerate(bags):
+            alone = model.get_slide_features(**bag_inputs(processor([bag], return_loss=False)))
+            regions = int(inputs["region_attention_mask"][i].sum())
+            torch.testing.assert_close(together.slide_embeds[i], alone.slide_embeds[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                together.region_embeds[i, :regions], alone.region_embeds[0, :regions], atol=1e-5, rtol=1e-4
+            )
+        moved = model.get_slide_features(**{**inputs, "region_positions": inputs["region_positions"].flip(-1)})
+    assert not torch.allclose(together.region_embeds, moved.region_embeds, atol=1e-4)
+    with pytest.raises(ValueError, match="pass region_positions"):
+        model.get_slide_features(**{**inputs, "region_positions": None})

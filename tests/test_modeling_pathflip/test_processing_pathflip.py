@@ -103,3 +103,31 @@ def test_bad_bags_raise_a_clear_error(processor, bag_factory, change, message):
     bag.update(change(bag))
     with pytest.raises(ValueError, match=message):
         processor([bag_factory(1, 10), bag], return_loss=True)
+
+
+def test_region_positions_span_the_slide_from_0_to_1():
+    from modeling_pathflip.processing_pathflip import relative_positions
+
+    cells = torch.tensor([[0, 0], [0, 2], [3, 1]])  # (row, column) in region units
+    # rows 0..3 -> 0, 0, 1; columns 0..2 -> 0, 1, 0.5
+    assert relative_positions(cells).tolist() == [[0.0, 0.0], [0.0, 1.0], [1.0, 0.5]]
+    assert relative_positions(torch.tensor([[5, 7]])).tolist() == [[0.0, 0.0]], "one region: no division by 0"
+    assert relative_positions(torch.tensor([[4, 2], [6, 2]])).tolist() == [[0.0, 0.0], [1.0, 0.0]]
+
+
+def test_region_positions_survive_region_sampling_and_padding(processor, bag_factory):
+    bag = bag_factory(0, 60)
+    full = processor([bag], return_loss=False)
+    sampled = PathFLIPProcessor.from_model_config(processor.tokenizer, _config_of(processor), max_regions_train=2)
+    batch = sampled([bag, bag_factory(1, 5)], training=True, sampling_round=0, return_loss=False)
+    kept = batch["region_positions"][0][batch["region_attention_mask"][0].bool()]
+    everything = full["region_positions"][0].tolist()
+    assert len(kept) == 2 and all(position in everything for position in kept.tolist())  # same scale as unsampled
+    assert (batch["region_positions"][1][~batch["region_attention_mask"][1].bool()] == 0).all()
+
+
+def _config_of(processor):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(patch_dim=processor.patch_dim, region_grid_size=processor.region_grid_size,
+                           num_subcaptions=processor.num_subcaptions)  # fmt: skip
