@@ -83,7 +83,9 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
         else:
             pretrained_llm = AutoModelForCausalLM.from_pretrained(llm)
             llm_config = pretrained_llm.config
-        pathflip_config = PathFLIPConfig.from_dict(aligned.config.to_dict())
+        # The alignment folder's tasks and remote-code map belong to that folder, not to the nested config.
+        values = {k: v for k, v in aligned.config.to_dict().items() if k not in ("custom_pipelines", "auto_map")}
+        pathflip_config = PathFLIPConfig.from_dict(values)
         config = PathFLIPGenerationConfig(pathflip_config=pathflip_config, llm_config=llm_config, **config_kwargs)
         model = cls(config)
         model.pathflip.load_state_dict(aligned.state_dict())
