@@ -163,8 +163,9 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         return SplicedInputs(inputs_embeds, mask, position_ids, spliced_labels)
 
-    def _spliced(self, input_ids, attention_mask, bag, labels=None) -> tuple[SplicedInputs, torch.Tensor]:
-        visual_embeds, visual_mask = self.get_visual_features(**bag)
+    def _spliced(self, input_ids, attention_mask, labels, *bag: torch.Tensor) -> tuple[SplicedInputs, torch.Tensor]:
+        """Visual tokens of the bag tensors (in `get_visual_features` order) spliced into the prompts."""
+        visual_embeds, visual_mask = self.get_visual_features(*bag)
         visual_embeds = visual_embeds.to(self.get_input_embeddings().weight.dtype)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -186,14 +187,16 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
         Inputs are what [`PathFLIPGenerationProcessor`] returns (``labels`` are -100 on the prompt).
         """
-        bag = {
-            "patch_features": patch_features,
-            "patch_attention_mask": patch_attention_mask,
-            "region_patch_index": region_patch_index,
-            "region_attention_mask": region_attention_mask,
-            "region_positions": region_positions,
-        }
-        spliced, visual_embeds = self._spliced(input_ids, attention_mask, bag, labels)
+        spliced, visual_embeds = self._spliced(
+            input_ids,
+            attention_mask,
+            labels,
+            patch_features,
+            patch_attention_mask,
+            region_patch_index,
+            region_attention_mask,
+            region_positions,
+        )
         outputs = self.language_model(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,
@@ -222,15 +225,17 @@ class PathFLIPForConditionalGeneration(PreTrainedModel, GenerationMixin):
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Generate the continuation of each prompt (only the new tokens are returned, as for ``inputs_embeds``)."""
-        bag = {
-            "patch_features": patch_features,
-            "patch_attention_mask": patch_attention_mask,
-            "region_patch_index": region_patch_index,
-            "region_attention_mask": region_attention_mask,
-            "region_positions": region_positions,
-        }
         generate_kwargs.pop("labels", None)
-        spliced, _ = self._spliced(input_ids, attention_mask, bag)
+        spliced, _ = self._spliced(
+            input_ids,
+            attention_mask,
+            None,
+            patch_features,
+            patch_attention_mask,
+            region_patch_index,
+            region_attention_mask,
+            region_positions,
+        )
         # The saved generation_config.json is this model's; options given here override it.
         generation_config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
         other_kwargs = generation_config.update(**generate_kwargs)
