@@ -89,6 +89,10 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         region_logit_bias_init_value (`float`): initial bias b of the region sigmoid loss.
         region_negatives (`str`): "all" subcaptions of other slides, or "one_per_slide" (v1).
         initializer_range (`float`): std of the normal initialisation.
+        patch_encoder (`str`, *optional*): name of the patch encoder whose features the model reads (the
+            dataset's `encoder` column, recorded by `train.py`); pipelines use it to encode slide files.
+        patch_size_um (`float`, *optional*): side of one patch in µm (`patch_size_level0 x mpp` of the training
+            bags, recorded by `train.py`), for the model card's input contract.
     """
 
     model_type = "pathflip"
@@ -130,6 +134,8 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         region_logit_bias_init_value: float = -10.0,
         region_negatives: str = "all",
         initializer_range: float = 0.02,
+        patch_encoder: str | None = None,
+        patch_size_um: float | None = None,
         **kwargs: Any,
     ):
         qformer_defaults = {**PAPER_QFORMER_CONFIG, "encoder_hidden_size": patch_projection_dim}
@@ -164,6 +170,8 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         self.region_logit_bias_init_value = region_logit_bias_init_value
         self.region_negatives = region_negatives
         self.initializer_range = initializer_range
+        self.patch_encoder = patch_encoder
+        self.patch_size_um = patch_size_um
         self._validate()
         super().__init__(**kwargs)
 

@@ -76,7 +76,7 @@ class _SlidePipeline(Pipeline):
         return super().__call__(inputs, **kwargs)
 
     def _bag_batch(self, inputs, patch_encoder=None, mpp=None) -> dict[str, Any]:
-        bags = load_bags(inputs, patch_encoder or getattr(self.model.config, "patch_encoder", None), mpp)
+        bags = load_bags(inputs, patch_encoder or self.model.config.patch_encoder, mpp)
         if len(bags) != 1:
             raise ValueError(f"{inputs!r} holds {len(bags)} bags; pass them as a list of rows, one per slide.")
         batch = self.processor(bags, return_loss=False, return_coords=True)
