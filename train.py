@@ -197,6 +197,30 @@ def check_dataset(dataset: datasets.Dataset, name: str, patch_dim: int, stage: s
             )
 
 
+def record_input_contract(config: PathFLIPConfig, dataset: datasets.Dataset, name: str = "train") -> None:
+    """Write the bags' patch encoder and patch side (µm) into ``config``: the model card's input contract, and
+    what the pipelines use to encode slide files. Refuses mixed encoders and features of another encoder."""
+    columns = dataset.column_names
+    encoders = sorted({str(value) for value in dataset.unique("encoder") if value}) if "encoder" in columns else []
+    if len(encoders) > 1:
+        raise ValueError(
+            f"{name} split mixes patch encoders {encoders}: a model reads one encoder's features. Keep one with "
+            "dataset.filter(lambda row: row['encoder'] == ...)."
+        )
+    if encoders and config.patch_encoder not in (None, encoders[0]):
+        raise ValueError(
+            f"the model reads {config.patch_encoder!r} features but the {name} split holds {encoders[0]!r} features; "
+            f"extract the slides again with `pathflip extract --encoder {config.patch_encoder}`."
+        )
+    if encoders:
+        config.patch_encoder = encoders[0]
+    if "mpp" in columns:
+        table = dataset.select_columns(["patch_size_level0", "mpp"])
+        sides = [size * mpp for size, mpp in zip(table["patch_size_level0"], table["mpp"], strict=True) if mpp]
+        if sides:
+            config.patch_size_um = round(float(np.median(sides)), 3)
+
+
 def build_model(model_args: ModelArguments, dataset: datasets.Dataset) -> tuple[PathFLIPModel, object]:
     """The model (fresh, from a PathFLIP folder, or with a pretrained text tower) and its tokenizer."""
     if model_args.model_name_or_path:
@@ -237,12 +261,23 @@ def make_compute_metrics(model: PathFLIPModel, processor: PathFLIPProcessor, lab
     return compute_metrics
 
 
+def save_served_model(trainer: Trainer) -> None:
+    """Save weights, config, code, processor and every task of the model, so that ``pipeline(task, model=folder)``
+    works (and the folder can be pushed as is); LoRA adapters are merged into the LLM first."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(getattr(model, "language_model", None), "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+    if trainer.is_world_process_zero():
+        save_pretrained_with_pipelines(model, trainer.processing_class, trainer.args.output_dir)
+
+
 def alignment_trainer(model_args, data_args, training_args, train_set, eval_set) -> tuple[Trainer, Callable]:
     """The PathFLIP pretraining `Trainer` and how to save its result."""
     model, tokenizer = build_model(model_args, train_set)
     for name, split in (("train", train_set), ("eval", eval_set)):
         if split is not None:
             check_dataset(split, name, model.config.patch_dim)
+    record_input_contract(model.config, train_set)
     if model_args.freeze_text_model:
         model.text_model.requires_grad_(False)
     processor = PathFLIPProcessor.from_model_config(
@@ -266,7 +301,7 @@ def alignment_trainer(model_args, data_args, training_args, train_set, eval_set)
         processing_class=processor,
         compute_metrics=make_compute_metrics(model, processor, labels, data_args) if eval_set is not None else None,
     )
-    return trainer, lambda trained: trained.save_model()  # weights, config + code, and the processor
+    return trainer, save_served_model
 
 
 # ---- LLM stages (DESIGN §9) --------------------------------------------------------------------
@@ -310,21 +345,13 @@ def add_lora(model: PathFLIPForConditionalGeneration, model_args) -> None:
     model.language_model = get_peft_model(model.language_model, lora)
 
 
-def save_generation_model(trainer: Trainer) -> None:
-    """Merge LoRA adapters into the LLM, then save a folder that serves `slide-text-generation`."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model.language_model, "merge_and_unload"):
-        model.language_model = model.language_model.merge_and_unload()
-    if trainer.is_world_process_zero():
-        save_pretrained_with_pipelines(model, trainer.processing_class, trainer.args.output_dir)
-
-
 def generation_trainer(model_args, data_args, training_args, train_set, eval_set) -> tuple[Trainer, Callable]:
     """The `Trainer` of an LLM stage and how to save its result."""
     model, processor = build_generation_model(model_args)
     for name, split in (("train", train_set), ("eval", eval_set)):
         if split is not None:
             check_dataset(split, name, model.config.pathflip_config.patch_dim, model_args.stage)
+    record_input_contract(model.config.pathflip_config, train_set)
     model.freeze_for_stage(model_args.stage)
     if model_args.stage == "instruct":
         add_lora(model, model_args)
@@ -339,7 +366,40 @@ def generation_trainer(model_args, data_args, training_args, train_set, eval_set
         eval_data_collator=GenerationCollator(processor, data_args.caption_prompt),
         processing_class=processor,
     )
-    return trainer, save_generation_model
+    return trainer, save_served_model
+
+
+# ---- publishing --------------------------------------------------------------------------------
+
+
+def take_over_hub_push(training_args: TrainingArguments) -> dict | None:
+    """The `--push_to_hub` settings, with the Trainer's own push turned off: ours checks the folder first."""
+    if not training_args.push_to_hub:
+        return None
+    training_args.push_to_hub = False
+    return {
+        "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
+        "revision": training_args.hub_revision,
+        "private": bool(training_args.hub_private_repo),
+        "token": training_args.hub_token,
+    }
+
+
+def push_trained_model(hub: dict, model_args, data_args, output_dir: str, results: dict) -> None:
+    """Check the saved folder and upload it, with a model card naming its Hub base models, dataset and the
+    metrics of `--do_eval` (on `--eval_split`)."""
+    from model_cards.hub import push_model
+
+    def hub_ids(names):
+        return [name for name in names if name and not Path(name).exists()] or None
+
+    sources = [model_args.model_name_or_path, model_args.text_model_name_or_path, model_args.llm_name_or_path]
+    card = {"base_models": hub_ids(sources), "datasets": hub_ids([data_args.dataset_name_or_path])}
+    metrics = {key.removeprefix("eval_"): value for key, value in results.items() if key.startswith("eval_")}
+    if metrics:
+        card["dataset_name"] = f"{data_args.dataset_name_or_path} ({data_args.eval_split} split)"
+    commit = push_model(output_dir, hub.pop("repo_id"), metrics=metrics or None, card_options=card, **hub)
+    logger.info("pushed %s to %s (pin revision=%r)", output_dir, commit.commit_url, commit.oid)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -357,6 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_set = splits[data_args.train_split]
     eval_set = splits[data_args.eval_split] if data_args.eval_split else None
     build_trainer = alignment_trainer if model_args.stage == "align" else generation_trainer
+    hub = take_over_hub_push(training_args)
     trainer, save = build_trainer(model_args, data_args, training_args, train_set, eval_set)
     results = {}
     if training_args.do_train:
@@ -367,6 +428,8 @@ def main(argv: list[str] | None = None) -> dict:
         results.update(trainer.evaluate())
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", results)
+        if hub is not None:
+            push_trained_model(hub, model_args, data_args, training_args.output_dir, results)
     return results
 
 

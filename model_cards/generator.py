@@ -8,17 +8,47 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = Path(__file__).with_name("template.md")
+TAGS = ["pathology", "histopathology", "whole-slide-image", "pathflip", "vision-language", "multiple-instance-learning"]
+# A Hub task id per model type (the custom pipeline names are not Hub tasks).
+PIPELINE_TAGS = {"pathflip": "zero-shot-image-classification", "pathflip_generation": "image-text-to-text"}
 # metric key in `pathflip eval`'s JSON -> (task type, task name, metric type, metric name)
 RESULT_KINDS = {
-    "zero_shot_balanced_accuracy": ("zero-shot-classification", "Zero-shot slide classification", "balanced_accuracy",
-                                    "Balanced accuracy"),
-    "zero_shot_weighted_f1": ("zero-shot-classification", "Zero-shot slide classification", "f1", "Weighted F1"),
-    "zero_shot_auroc": ("zero-shot-classification", "Zero-shot slide classification", "roc_auc", "Macro AUROC"),
+    "zero_shot_balanced_accuracy": ("zero-shot-image-classification", "Zero-shot slide classification",
+                                    "balanced_accuracy", "Balanced accuracy"),
+    "zero_shot_weighted_f1": ("zero-shot-image-classification", "Zero-shot slide classification", "f1",
+                              "Weighted F1"),
+    "zero_shot_auroc": ("zero-shot-image-classification", "Zero-shot slide classification", "roc_auc", "Macro AUROC"),
     "retrieval_text_to_slide_r1": ("text-retrieval", "Slide-text retrieval", "recall", "Text-to-slide Recall@1"),
     "retrieval_slide_to_text_r1": ("text-retrieval", "Slide-text retrieval", "recall", "Slide-to-text Recall@1"),
     "grounding_auroc": ("zero-shot-object-detection", "Sentence grounding", "roc_auc", "Patch AUROC"),
     "pointing_game": ("zero-shot-object-detection", "Sentence grounding", "accuracy", "Pointing game"),
+    "caption_diagnosis_rate": ("image-to-text", "Slide captioning", "accuracy", "Captions naming the diagnosis"),
+    "caption_bleu_4": ("image-to-text", "Slide captioning", "bleu", "BLEU-4"),
+    "caption_rouge_l": ("image-to-text", "Slide captioning", "rouge", "ROUGE-L"),
+    "caption_meteor": ("image-to-text", "Slide captioning", "meteor", "METEOR (no WordNet stage)"),
+    "vqa_accuracy": ("visual-question-answering", "Multiple-choice question answering", "accuracy", "Accuracy"),
+    "vqa_majority_baseline": ("visual-question-answering", "Multiple-choice question answering", "accuracy",
+                              "Most-frequent-letter baseline"),
 }  # fmt: skip
+USAGE = {
+    "zero-shot-slide-classification": 'classify = pipeline("zero-shot-slide-classification", {load})\n'
+    'classify(bag, candidate_labels=["invasive carcinoma", "reactive lymphoid hyperplasia"])',
+    "slide-text-retrieval": 'retrieve = pipeline("slide-text-retrieval", {load})\n'
+    'retrieve(bag, candidate_texts=["Sheets of tumour cells.", "Mature adipose tissue."])',
+    "slide-grounding": 'ground = pipeline("slide-grounding", {load})\n'
+    'ground(bag, sentences="A focus of coagulative necrosis.", output_dir="maps/")  # scores, heatmap, GeoJSON',
+    "slide-feature-extraction": 'embed = pipeline("slide-feature-extraction", {load})\n'
+    "embed(bag)  # slide_embedding, region_embeddings",
+    "slide-text-generation": 'generate = pipeline("slide-text-generation", {load})\n'
+    'generate(bag, prompt="Describe the slide.")\n'
+    'generate(bag, question="Is there necrosis?", options=["yes", "no"])  # generated_text, answer',
+}
+DESCRIPTIONS = {
+    "pathflip": "a slide/region encoder over frozen patch-feature bags, a text tower, and the Text-Region Attention "
+    "that grounds sentences in slide regions.",
+    "pathflip_generation": "the slide and region tokens of a PathFLIP encoder, projected into a causal language "
+    "model that writes captions and answers questions about the slide.",
+}
 
 
 def eval_results(metrics: dict, dataset_name: str, dataset_type: str, split: str = "test") -> list[EvalResult]:
@@ -36,33 +66,64 @@ def write_model_card(
     model_dir: str | Path,
     *,
     metrics: dict | None = None,
+    repo_id: str | None = None,
     dataset_name: str = "feature-bag dataset",
     dataset_type: str = "custom",
+    datasets: list[str] | None = None,
     license: str = "apache-2.0",
     base_models: list[str] | None = None,
-    patch_encoder: str = "stain-texture",
-    target_mpp: float = 0.5,
-    patch_size: int = 256,
+    target_mpp: float | None = None,
+    patch_size: int | None = None,
     intended_use: str = "Research on slide-level vision-language models. Not for diagnosis.",
 ) -> Path:
-    """Write ``README.md`` (the model card) into a saved PathFLIP folder; returns its path."""
+    """Write ``README.md`` (the model card) into a saved PathFLIP folder (alignment or LLM stage); returns its path.
+
+    ``metrics`` is the JSON `pathflip eval` writes; its known metrics become the card's `model-index`.
+    ``repo_id`` is the Hub id the usage snippets load (default: the folder name).
+    """
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
+    model_type = config.get("model_type")
+    if model_type not in PIPELINE_TAGS:
+        raise ValueError(f"{model_dir} holds a {model_type!r} model, not a PathFLIP model ({sorted(PIPELINE_TAGS)}).")
+    alignment = config.get("pathflip_config", config)
+    name = repo_id or model_dir.name
+    metrics = metrics or {}
     data = ModelCardData(
-        library_name="transformers", pipeline_tag="zero-shot-classification", license=license,
-        tags=["pathology", "whole-slide-image", "histopathology", "pathflip", "vision-language", "multiple-instance"],
-        base_model=base_models or None, model_name=model_dir.name,
-        eval_results=eval_results(metrics or {}, dataset_name, dataset_type) or None,
+        library_name="transformers", pipeline_tag=PIPELINE_TAGS[model_type], license=license, tags=TAGS,
+        base_model=base_models or None, datasets=datasets or None, model_name=name,
+        eval_results=eval_results(metrics, dataset_name, dataset_type) or None,
     )  # fmt: skip
     card = ModelCard.from_template(
-        data, template_path=str(TEMPLATE), model_name=model_dir.name, patch_encoder=patch_encoder,
-        patch_dim=config["patch_dim"], target_mpp=target_mpp, patch_size=patch_size,
-        tasks=", ".join(f"`{task}`" for task in config.get("custom_pipelines", {})), intended_use=intended_use,
-        results=_results_table(metrics or {}), dataset_name=dataset_name,
+        data, template_path=str(TEMPLATE), model_name=name, description=DESCRIPTIONS[model_type],
+        input_contract=_input_contract(alignment, target_mpp, patch_size), usage=_usage(config, name),
+        results=_results_table(metrics), dataset_name=dataset_name, intended_use=intended_use,
     )  # fmt: skip
     path = model_dir / "README.md"
     card.save(path)
     return path
+
+
+def _input_contract(alignment: dict, target_mpp: float | None, patch_size: int | None) -> str:
+    encoder = alignment.get("patch_encoder")
+    lines = [
+        f"- Patch encoder: `{encoder or 'not recorded'}` ({alignment['patch_dim']}-d features); features of any other "
+        "encoder are refused or silently meaningless.",
+        f"- A bag: `features [N, {alignment['patch_dim']}]`, `coords [N, 2]` (level-0 pixels), `patch_size_level0`.",
+    ]
+    if patch_size and target_mpp:
+        lines.append(f"- Patches: {patch_size} px at {target_mpp} µm/px.")
+    if alignment.get("patch_size_um"):
+        lines.append(f"- Patch side in the training bags: {alignment['patch_size_um']:g} µm.")
+    grid = alignment["region_grid_size"]
+    lines.append(f"- Regions: {grid} x {grid} patches.")
+    return "\n".join(lines)
+
+
+def _usage(config: dict, name: str) -> str:
+    tasks = [task for task in USAGE if task in config.get("custom_pipelines", {})]
+    load = f'model="{name}", trust_remote_code=True, revision="<commit sha>"'
+    return "\n".join(["from transformers import pipeline", "", *(USAGE[task].format(load=load) for task in tasks)])
 
 
 def _results_table(metrics: dict) -> str:

@@ -42,6 +42,7 @@ for _task, _pipeline_class in GENERATION_TASKS.items():
 
 __all__ = [
     "BAG_INPUT_NAMES",
+    "GENERATION_TASKS",
     "PathFLIPConfig",
     "PathFLIPForConditionalGeneration",
     "PathFLIPGenerationConfig",
@@ -53,6 +54,7 @@ __all__ = [
     "PathFLIPPreTrainedModel",
     "PathFLIPProcessor",
     "PathFLIPSlideOutput",
+    "TASKS",
     "sample_subcaptions",
     "save_pretrained_with_pipelines",
     "split_sentences",

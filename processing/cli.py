@@ -216,6 +216,26 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_push(args: argparse.Namespace) -> int:
+    """Check a model folder (complete, every task runs as remote code) or a feature-bag dataset, then upload it
+    to the Hub."""
+    from model_cards.hub import is_dataset_folder, push_dataset, push_model
+
+    common = {"revision": args.revision, "private": args.private, "token": args.token}
+    if args.commit_message:
+        common["commit_message"] = args.commit_message
+    if is_dataset_folder(args.path):
+        commit = push_dataset(args.path, args.repo_id, **common)
+    else:
+        metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+        card = {"dataset_name": args.dataset_name, "datasets": args.dataset, "base_models": args.base_model,
+                "license": args.license}  # fmt: skip
+        card = {key: value for key, value in card.items() if value}
+        commit = push_model(args.path, args.repo_id, metrics=metrics, card_options=card, **common)
+    print(f"pushed {args.path} to {commit.commit_url}\npin this upload with revision={commit.oid!r}")
+    return 0
+
+
 def command_doctor(args: argparse.Namespace) -> int:
     """Report versions, OpenSlide, the device and writable cache folders."""
     from .doctor import run_checks
@@ -245,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_verbs(commands)
     _add_model_verbs(commands)
     _add_demo_verbs(commands)
+    _add_push_verb(commands)
     doctor = commands.add_parser("doctor", help=command_doctor.__doc__)
     doctor.set_defaults(run=command_doctor)
     return parser
@@ -341,6 +362,23 @@ def _add_demo_verbs(commands) -> None:
     evaluate.add_argument("--output", "-o", required=True, help="folder for metrics.json and metrics.md")
     evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     evaluate.set_defaults(run=command_eval)
+
+
+def _add_push_verb(commands) -> None:
+    push = commands.add_parser("push", help=command_push.__doc__)
+    push.add_argument("path", help="a saved model folder, or a feature-bag dataset folder (save_to_disk)")
+    push.add_argument("repo_id", help="the Hub repository, e.g. my-lab/pathflip-brca")
+    push.add_argument("--revision", help="a branch to push to (created if needed; default main)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--token", help="a Hub token (default: HF_TOKEN or the saved login)")
+    push.add_argument("--commit-message")
+    card = push.add_argument_group("model card (written when the folder has none, or when --metrics is given)")
+    card.add_argument("--metrics", help="metrics.json of `pathflip eval`: the card's results and model-index")
+    card.add_argument("--dataset-name", help="the evaluation dataset's name in the card")
+    card.add_argument("--dataset", nargs="+", help="Hub ids of the training datasets (card metadata)")
+    card.add_argument("--base-model", nargs="+", help="Hub ids of the base models: text tower, LLM")
+    card.add_argument("--license", help="licence id (default apache-2.0)")
+    push.set_defaults(run=command_push)
 
 
 def main(argv: list[str] | None = None) -> int:

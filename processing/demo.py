@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -183,14 +184,10 @@ def _train_options(run_dir: Path) -> list[str]:
 
 
 def _save_hub_folder(checkpoints: Path, model_dir: Path) -> None:
-    """Weights, config, code, processor and every pipeline in one folder (`pipeline(task, model=folder)`)."""
-    from transformers import AutoModel, AutoProcessor
-
-    from modeling_pathflip import save_pretrained_with_pipelines
-
-    model, processor = AutoModel.from_pretrained(checkpoints), AutoProcessor.from_pretrained(checkpoints)
+    """train.py's folder (weights, config, code, processor, every pipeline) without its training checkpoints."""
     staging = model_dir.with_name(model_dir.name + ".partial")
-    save_pretrained_with_pipelines(model, processor, staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoints, staging, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
     staging.replace(model_dir)
 
 
@@ -290,6 +287,13 @@ def real_slides(grounder, options: DemoOptions) -> list[str]:
     return [f"real slide {slide.name}: {len(tiling.coords)} patches; heatmap for {sentence!r} -> {result['png_file']}"]
 
 
+def _write_card(model_dir: Path, metrics: dict, options: DemoOptions, minilm: bool) -> None:
+    write_model_card(model_dir, metrics=metrics, dataset_name=f"PathFLIP synthetic cohort (seed {options.seed})",
+                     base_models=[MINILM] if minilm else None, target_mpp=DEMO_TILING.target_mpp,
+                     patch_size=DEMO_TILING.patch_size,
+                     intended_use="A demonstration on generated slides: not a pathology model.")  # fmt: skip
+
+
 def run_demo(options: DemoOptions) -> dict:
     """Every step; returns the held-out metrics (also in ``metrics.json``)."""
     from eval.runner import write_report
@@ -303,15 +307,13 @@ def run_demo(options: DemoOptions) -> dict:
     model_dir = train(options, run_dir, patch_dim)
     metrics = evaluate(model_dir, dataset, run_dir)
     minilm = "--freeze_text_model" in _train_options(run_dir)
-    write_model_card(model_dir, metrics=metrics, dataset_name=f"PathFLIP synthetic cohort (seed {options.seed})",
-                     base_models=[MINILM] if minilm else None, target_mpp=DEMO_TILING.target_mpp,
-                     patch_size=DEMO_TILING.patch_size,
-                     intended_use="A demonstration on generated slides: not a pathology model.")  # fmt: skip
+    _write_card(model_dir, metrics, options, minilm)
     lines = showcase(model_dir, dataset, options) if options.ablation is None else []
     if options.ablation is None and options.llm_steps:
         from .demo_llm import run_llm_stage, showcase_generation
 
         generation_dir, generation_metrics = run_llm_stage(options, dataset, model_dir, options.llm_steps)
+        _write_card(generation_dir, generation_metrics, options, minilm)
         metrics.update(generation_metrics)
         write_report(metrics, run_dir)
         lines += showcase_generation(generation_dir, dataset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,100 @@ def generation_model(llm_tokenizer):
     processor = PathFLIPGenerationProcessor.from_model_config(llm_tokenizer, config, max_length=160)
     torch.manual_seed(0)
     return PathFLIPForConditionalGeneration(config).eval(), processor
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIHUB = ROOT.parent / "shared" / "tools" / "minihub.py"
+
+
+@pytest.fixture(scope="session")
+def minihub(tmp_path_factory):
+    """A loopback Hub (`../shared/tools/minihub.py`) and the environment of a client process that uses it.
+
+    Yields ``(env, storage)``: ``env`` for subprocesses (HF_ENDPOINT, a token, no Xet, online), ``storage`` the
+    server's data folder. Skips when the server script is absent.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    if not MINIHUB.is_file():
+        pytest.skip(f"{MINIHUB} is absent (../shared/tools)")
+    storage = tmp_path_factory.mktemp("minihub")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, str(MINIHUB), str(port), str(storage)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("minihub did not start") from None
+            time.sleep(0.2)
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN="test-token", HF_HUB_DISABLE_XET="1",
+               HF_HOME=str(tmp_path_factory.mktemp("hub_client_home")))  # fmt: skip
+    yield env, storage
+    server.terminate()
+    server.wait(timeout=10)
+
+
+HUB_USER = """
+import json, sys
+hidden = json.loads(sys.argv[4])
+for package in hidden:
+    sys.modules[package] = None  # a user without the pathflip package
+if not hidden:
+    import modeling_pathflip  # a user with it: registered classes and tasks, no remote code
+import torch
+from huggingface_hub import HfApi
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+repo_id, bag_file, task_options, _, out_file = sys.argv[1:]
+revision = HfApi().model_info(repo_id).sha  # pinned, as the README tells users
+hub = {"revision": revision, "trust_remote_code": bool(hidden)}
+config = AutoConfig.from_pretrained(repo_id, **hub)
+auto_class = AutoModelForImageTextToText if config.model_type == "pathflip_generation" else AutoModel
+model = auto_class.from_pretrained(repo_id, **hub)
+processor = AutoProcessor.from_pretrained(repo_id, **hub)
+classes = [type(model).__module__, type(processor).__module__]
+bag, options, outputs = torch.load(bag_file), json.loads(task_options), {}
+for task in config.to_dict()["custom_pipelines"]:
+    served = pipeline(task, model=repo_id, **hub)
+    classes.append(type(served).__module__)
+    outputs[task] = served(bag, **options.get(task, {}))
+torch.save({"revision": revision, "classes": classes, "outputs": outputs}, out_file)
+"""
+
+
+@pytest.fixture(scope="session")
+def hub_user(minihub, tmp_path_factory):
+    """Load a repo of the loopback Hub by id in a fresh process, without the package (remote code) or with it,
+    pinned to its head commit; run every task on a bag. Returns {revision, classes (modules), outputs}."""
+    import json
+    import subprocess
+    import sys
+
+    from model_cards.check_remote_code import PACKAGES, TASK_OPTIONS
+
+    def load(repo_id: str, bag: dict, *, with_package: bool = False) -> dict:
+        folder = tmp_path_factory.mktemp("hub_user")
+        (folder / "load.py").write_text(HUB_USER)
+        torch.save(bag, folder / "bag.pt")
+        hidden = [] if with_package else list(PACKAGES)
+        arguments = [repo_id, str(folder / "bag.pt"), json.dumps(TASK_OPTIONS), json.dumps(hidden)]
+        result = subprocess.run(
+            [sys.executable, str(folder / "load.py"), *arguments, str(folder / "out.pt")],
+            env={**minihub[0], "PYTHONPATH": str(ROOT) if with_package else ""}, cwd=folder, capture_output=True,
+            text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-4000:]
+        return torch.load(folder / "out.pt", weights_only=False)
+
+    return load

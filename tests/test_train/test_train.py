@@ -13,7 +13,10 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from transformers import AutoModel, AutoProcessor
+from huggingface_hub import ModelCard
+from transformers import AutoModel, AutoProcessor, pipeline
+
+from modeling_pathflip import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 TISSUES = "tumour stroma necrosis fat lymphocytes nuclei carcinoma cells".split()
@@ -33,6 +36,7 @@ def workspace(tmp_path_factory, tokenizer, config_factory, bag_factory):
         for i in indices:
             bag = bag_factory(i, 20 + 2 * (i % 5))
             bag["caption"] = f"{TISSUES[i % 8].capitalize()} in the left region. There are {i % 4 + 1} large areas."
+            bag.update(encoder="test-encoder", mpp=0.25)
             bags.append(bag)
         dataset = write_bags(bags, folder / f"{split}.arrow", 16)
         splits[split] = dataset.add_column("label", [i % 2 for i in indices])
@@ -51,9 +55,11 @@ def _arguments(workspace: Path, output: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _run(arguments: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def _run(arguments: list[str], launcher: list[str] | None = None, hub_env: dict | None = None):
+    """train.py in a subprocess: offline, or against the loopback Hub of ``hub_env``."""
     command = [*(launcher or [sys.executable]), str(ROOT / "train.py"), *arguments]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**(hub_env or {**os.environ, **offline}), "PYTHONPATH": str(ROOT)}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
@@ -74,9 +80,38 @@ def test_training_a_few_steps_then_reloading_the_output(workspace, tmp_path):
     model = AutoModel.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
     assert model.config.patch_dim == 16 and processor.max_regions_train == 3
+    assert model.config.patch_encoder == "test-encoder" and model.config.patch_size_um == 128.0, "input contract"
     dataset = datasets.load_from_disk(str(workspace / "dataset"))["test"].with_format("numpy")
     with torch.no_grad():
         assert torch.isfinite(model(**processor([dataset[0], dataset[1]])).loss)
+
+
+def test_push_to_hub_uploads_a_checked_model_with_its_card(workspace, tmp_path, minihub, hub_user, bag_factory):
+    output = tmp_path / "run"
+    arguments = _arguments(workspace, output, "--do_train", "--do_eval", "--save_steps", "2", "--push_to_hub",
+                           "--hub_model_id", "lab/pathflip-tiny")  # fmt: skip
+    result = _run(arguments, hub_env=minihub[0])
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    bag = bag_factory(3, 30)
+    loaded = hub_user("lab/pathflip-tiny", bag)
+    assert all(module.startswith("transformers_modules") for module in loaded["classes"]), loaded["classes"]
+    assert set(loaded["outputs"]) == set(TASKS), "every task by repo id, without the package"
+    local = pipeline("slide-feature-extraction", model=str(output))(bag)
+    torch.testing.assert_close(loaded["outputs"]["slide-feature-extraction"]["slide_embedding"],
+                               local["slide_embedding"])  # fmt: skip
+    packaged = hub_user("lab/pathflip-tiny", bag, with_package=True)
+    assert all(module.startswith("modeling_pathflip") for module in packaged["classes"]), packaged["classes"]
+    torch.testing.assert_close(packaged["outputs"]["slide-feature-extraction"]["slide_embedding"],
+                               local["slide_embedding"])  # fmt: skip
+    uploaded = minihub[1] / "model" / "lab" / "pathflip-tiny" / "snapshots" / loaded["revision"]
+    assert not list(uploaded.glob("checkpoint-*")), "training checkpoints stay local"
+    card = ModelCard.load(uploaded / "README.md")
+    metrics = json.loads((output / "all_results.json").read_text())
+    reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert reported["Balanced accuracy"] == round(metrics["eval_zero_shot_balanced_accuracy"], 4)
+    assert reported["Text-to-slide Recall@1"] == round(metrics["eval_retrieval_text_to_slide_r1"], 4)
+    assert "`test-encoder` (16-d features)" in card.text
 
 
 def test_torchrun_with_two_processes(workspace, tmp_path):
@@ -94,6 +129,10 @@ def test_torchrun_with_two_processes(workspace, tmp_path):
         (
             lambda d: d.map(lambda row, i: {"caption": "" if i == 2 else row["caption"]}, with_indices=True),
             r"slide-2 \(row 2\): empty caption",
+        ),
+        (
+            lambda d: d.map(lambda row, i: {"encoder": "other" if i == 1 else row["encoder"]}, with_indices=True),
+            r"mixes patch encoders \['other', 'test-encoder'\]",
         ),
     ],
 )
