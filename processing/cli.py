@@ -227,6 +227,7 @@ def command_push(args: argparse.Namespace) -> int:
     if is_dataset_folder(args.path):
         commit = push_dataset(args.path, args.repo_id, **common)
     else:
+        print(f"checking {args.path}: every file a Hub repo needs, then every task as remote code", flush=True)
         metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
         card = {"dataset_name": args.dataset_name, "datasets": args.dataset, "base_models": args.base_model,
                 "license": args.license}  # fmt: skip

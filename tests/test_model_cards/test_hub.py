@@ -70,6 +70,40 @@ def test_push_refuses_an_incomplete_folder_before_touching_the_hub(folder, monke
         push_model(_without(folder, "model.safetensors"), "lab/model")
 
 
+def test_push_creates_the_repo_and_branch_then_uploads_without_training_leftovers(folder, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingApi:  # minihub has no branches, so the revision plumbing is checked here
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **options):
+            calls.append(("create_repo", repo_id, options))
+            return huggingface_hub.RepoUrl(f"https://hub.example/{repo_id}", endpoint="https://hub.example")
+
+        def create_branch(self, repo_id, **options):
+            calls.append(("create_branch", repo_id, options))
+
+        def upload_folder(self, **options):
+            calls.append(("upload_folder", options))
+
+    monkeypatch.setattr("model_cards.hub.check_model_folder", lambda folder: {})
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    push_model(folder, "lab/model", revision="dev", private=True, token="t0ken")
+    assert calls[:3] == [
+        ("token", "t0ken"),
+        ("create_repo", "lab/model", {"private": True, "exist_ok": True}),
+        ("create_branch", "lab/model", {"branch": "dev", "exist_ok": True}),
+    ]
+    upload = calls[3][1]
+    assert (
+        upload["revision"] == "dev" and upload["folder_path"] == folder and "checkpoint-*" in upload["ignore_patterns"]
+    )
+    assert (folder / "README.md").is_file(), "a folder without a card gets one"
+
+
 def test_a_folder_whose_code_fails_is_refused(folder):
     with (folder / "pipeline_pathflip.py").open("a") as code:
         code.write("\nraise ImportError('broken on purpose')\n")
@@ -111,8 +145,9 @@ def test_pushed_generation_model_generates_the_same_text_by_repo_id(minihub, hub
         bag_factory(0, 20), **TASK_OPTIONS["slide-text-generation"]
     )
     assert loaded["outputs"]["slide-text-generation"]["generated_text"] == local["generated_text"]
-    card = ModelCard.load(tmp_path / "llm" / "README.md")
-    assert {result.metric_value for result in card.data.eval_results} == {0.25, 0.75}
+    storage = minihub[1] / "model" / "lab" / "pathflip-llm" / "snapshots" / loaded["revision"]
+    card = ModelCard.load(storage / "README.md")
+    assert {result.metric_value for result in card.data.eval_results} == {0.25, 0.75}, "model-index = the JSON"
     assert card.data.pipeline_tag == "image-text-to-text"
 
 
