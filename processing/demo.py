@@ -245,6 +245,7 @@ def showcase(model_dir: Path, dataset, options: DemoOptions) -> list[str]:
             f"{row['slide_id']}: predicted {top['label']!r} ({top['score']:.2f}), true {names[row['label']]!r}"
         )
     lines += real_slides(grounder, options)
+    lines.append(f"publish: pathflip push {model_dir} <user>/pathflip-demo (checks, then uploads with the card)")
     return lines
 
 
