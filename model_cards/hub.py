@@ -73,7 +73,7 @@ def _missing_code(folder: Path, config: dict) -> list[str]:
         for task in tasks
         if task not in entries
     ]
-    references = dict.fromkeys(_code_references(folder, config, entries))
+    references = _code_references(folder, config, entries)
     checked: set[str] = set()
     while references:
         module, needed_by = references.popitem()

@@ -40,7 +40,8 @@ def _without(folder: Path, name: str) -> Path:
         ("model.safetensors", "model.safetensors: the weights"),
         ("processor_config.json", "processor_config.json: the processor"),
         ("tokenizer.json", "tokenizer vocabulary"),
-        ("pipeline_pathflip.py", "pipeline_pathflip.py: code that"),
+        ("pipeline_pathflip.py", "pipeline_pathflip.py: code that the '"),
+        ("configuration_pathflip.py", "configuration_pathflip.py: code that AutoConfig in config.json needs"),
         ("loss_pathflip.py", "loss_pathflip.py: code that modeling_pathflip.py needs"),
     ],
 )
