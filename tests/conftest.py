@@ -160,14 +160,18 @@ def bag_inputs():
     return lambda batch: {key: batch[key] for key in BAG_INPUT_NAMES}
 
 
-@pytest.fixture
-def free_port() -> int:
-    """A free TCP port on the loopback interface, for a test's own process group."""
+def _free_loopback_port() -> int:
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a test's own process group."""
+    return _free_loopback_port()
 
 
 def tiny_llm_config(tokenizer, **overrides) -> dict:
@@ -226,9 +230,7 @@ def minihub(tmp_path_factory):
     if not MINIHUB.is_file():
         pytest.skip(f"{MINIHUB} is absent (../shared/tools)")
     storage = tmp_path_factory.mktemp("minihub")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_loopback_port()
     server = subprocess.Popen(
         [sys.executable, str(MINIHUB), str(port), str(storage)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
