@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from processing.encoders import PatchEncoder, load_encoder
-from processing.extract import ExtractionOptions, PatchReadDataset, encode_slide
-from processing.reader import SlideReader
-from processing.tiler import tile_slide
+from pathflip.processing.encoders import PatchEncoder, load_encoder
+from pathflip.processing.extract import ExtractionOptions, PatchReadDataset, encode_slide
+from pathflip.processing.reader import SlideReader
+from pathflip.processing.tiler import tile_slide
 
 RESULTS = Path(__file__).parent / "results" / "extract.json"
 MIN_READS = 1000
@@ -50,7 +50,7 @@ class NoEncoder(PatchEncoder):
 
 def generated_slide(folder: Path, side: int = 8192) -> Path:
     """A side x side generated slide: tissue textures in an ellipse on glass, JPEG pyramid, mpp 0.5."""
-    from processing.synthetic import render_texture, write_pyramid
+    from pathflip.synthetic.textures import render_texture, write_pyramid
 
     rng = np.random.default_rng(0)
     image = render_texture("background", side, side, rng)

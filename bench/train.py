@@ -1,4 +1,4 @@
-"""Training throughput and data-loading wait at a small configuration (DESIGN §10).
+"""Training throughput and data-loading wait at a small configuration.
 
 Writes bench/results/train.json: steps/s and the fraction of wall time between the end of one
 optimizer step and the start of the next (the Trainer fetching and collating the next batch of
@@ -18,8 +18,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from modeling_pathflip import PathFLIPConfig, PathFLIPModel, PathFLIPProcessor
-from processing.bags import write_bags
-from processing.text import train_wordpiece_tokenizer
+from pathflip.demo.offline_tokenizers import train_wordpiece_tokenizer
+from pathflip.processing.bags import write_bags
+from pathflip.training.collator import PathFLIPCollator
 
 RESULTS = Path(__file__).parent / "results" / "train.json"
 NUM_SLIDES, PATCH_DIM, STEPS, BATCH = 64, 512, 30, 4
@@ -69,14 +70,14 @@ def main() -> None:
             text_config={"model_type": "bert", "vocab_size": len(tokenizer), "hidden_size": 128,
                          "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
         )  # fmt: skip
-        processor = PathFLIPProcessor.from_model_config(tokenizer, config, max_regions_train=24)
+        processor = PathFLIPProcessor.from_model_config(tokenizer, config)
         timer = WaitTimer()
         args = TrainingArguments(
             output_dir=str(Path(folder) / "run"), max_steps=STEPS, per_device_train_batch_size=BATCH,
             learning_rate=1e-4, report_to="none", save_strategy="no", logging_steps=STEPS,
             remove_unused_columns=False, dataloader_drop_last=True, dataloader_num_workers=2, use_cpu=True,
         )  # fmt: skip
-        collator = lambda rows: processor(rows, training=True)  # noqa: E731
+        collator = PathFLIPCollator(processor, max_regions=24)
         trainer = Trainer(PathFLIPModel(config), args, train_dataset=dataset, data_collator=collator,
                           callbacks=[timer])  # fmt: skip
         start = time.perf_counter()

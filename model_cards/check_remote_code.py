@@ -11,7 +11,7 @@ import sys
 import torch
 from transformers import AutoConfig, pipeline
 
-PACKAGES = ("modeling_pathflip", "processing", "eval", "model_cards")
+PACKAGES = ("modeling_pathflip", "pathflip")
 
 TASK_OPTIONS = {
     "zero-shot-slide-classification": {"candidate_labels": ["tumour", "normal tissue"]},

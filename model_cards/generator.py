@@ -7,29 +7,12 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..eval.spec import METRICS
+
 TEMPLATE = Path(__file__).with_name("template.md")
 TAGS = ["pathology", "histopathology", "whole-slide-image", "pathflip", "vision-language", "multiple-instance-learning"]
 # A Hub task id per model type (the custom pipeline names are not Hub tasks).
 PIPELINE_TAGS = {"pathflip": "zero-shot-image-classification", "pathflip_generation": "image-text-to-text"}
-# metric key in `pathflip eval`'s JSON -> (task type, task name, metric type, metric name)
-RESULT_KINDS = {
-    "zero_shot_balanced_accuracy": ("zero-shot-image-classification", "Zero-shot slide classification",
-                                    "balanced_accuracy", "Balanced accuracy"),
-    "zero_shot_weighted_f1": ("zero-shot-image-classification", "Zero-shot slide classification", "f1",
-                              "Weighted F1"),
-    "zero_shot_auroc": ("zero-shot-image-classification", "Zero-shot slide classification", "roc_auc", "Macro AUROC"),
-    "retrieval_text_to_slide_r1": ("text-retrieval", "Slide-text retrieval", "recall", "Text-to-slide Recall@1"),
-    "retrieval_slide_to_text_r1": ("text-retrieval", "Slide-text retrieval", "recall", "Slide-to-text Recall@1"),
-    "grounding_auroc": ("zero-shot-object-detection", "Sentence grounding", "roc_auc", "Patch AUROC"),
-    "pointing_game": ("zero-shot-object-detection", "Sentence grounding", "accuracy", "Pointing game"),
-    "caption_diagnosis_rate": ("image-to-text", "Slide captioning", "accuracy", "Captions naming the diagnosis"),
-    "caption_bleu_4": ("image-to-text", "Slide captioning", "bleu", "BLEU-4"),
-    "caption_rouge_l": ("image-to-text", "Slide captioning", "rouge", "ROUGE-L"),
-    "caption_meteor": ("image-to-text", "Slide captioning", "meteor", "METEOR (no WordNet stage)"),
-    "vqa_accuracy": ("visual-question-answering", "Multiple-choice question answering", "accuracy", "Accuracy"),
-    "vqa_majority_baseline": ("visual-question-answering", "Multiple-choice question answering", "accuracy",
-                              "Most-frequent-letter baseline"),
-}  # fmt: skip
 USAGE = {
     "zero-shot-slide-classification": 'classify = pipeline("zero-shot-slide-classification", {load})\n'
     'classify(bag, candidate_labels=["invasive carcinoma", "reactive lymphoid hyperplasia"])',
@@ -52,14 +35,19 @@ DESCRIPTIONS = {
 
 
 def eval_results(metrics: dict, dataset_name: str, dataset_type: str, split: str = "test") -> list[EvalResult]:
-    """`model-index` entries for the metrics of a `pathflip eval` JSON that have a known kind."""
-    results = []
-    for key, (task_type, task_name, metric_type, metric_name) in RESULT_KINDS.items():
-        if key in metrics and metrics[key] == metrics[key]:  # NaN (no usable query) is not a result
-            results.append(EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset_type,
-                                      dataset_name=dataset_name, dataset_split=split, metric_type=metric_type,
-                                      metric_name=metric_name, metric_value=round(float(metrics[key]), 4)))  # fmt: skip
-    return results
+    """`model-index` entries for the metrics of a `pathflip eval` JSON that belong in a card."""
+    return [
+        EvalResult(task_type=card.task_type, task_name=card.task_name, dataset_type=dataset_type,
+                   dataset_name=dataset_name, dataset_split=split, metric_type=card.metric_type,
+                   metric_name=card.metric_name, metric_value=round(float(metrics[key]), 4))
+        for key, card in _card_metrics(metrics)
+    ]  # fmt: skip
+
+
+def _card_metrics(metrics: dict) -> list:
+    """``(key, card entry)`` of each metric that has a card entry and a value (NaN: no usable query, left out)."""
+    return [(key, metric.card) for key, metric in METRICS.items()
+            if metric.card and key in metrics and metrics[key] == metrics[key]]  # fmt: skip
 
 
 def write_model_card(
@@ -127,5 +115,5 @@ def _usage(config: dict, name: str) -> str:
 
 
 def _results_table(metrics: dict) -> str:
-    rows = [f"| {kind[1]} | {kind[3]} | {metrics[key]:.3f} |" for key, kind in RESULT_KINDS.items() if key in metrics]
+    rows = [f"| {card.task_name} | {card.metric_name} | {metrics[key]:.3f} |" for key, card in _card_metrics(metrics)]
     return "\n".join(["| task | metric | value |", "|---|---|---|", *rows]) if rows else "Not evaluated yet."

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..processing.bags import check_columns
 from .generator import write_model_card
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
@@ -167,11 +168,9 @@ def push_dataset(
     token: str | None = None,
     commit_message: str = "Upload PathFLIP feature bags",
 ):
-    """Push a feature-bag dataset saved with ``save_to_disk`` (every split checked against DESIGN §3) as parquet
+    """Push a feature-bag dataset saved with ``save_to_disk`` (every split checked for the bag columns) as parquet
     with `DatasetDict.push_to_hub`; ``load_dataset(repo_id)`` reads it back. Returns the `CommitInfo`."""
     import datasets
-
-    from processing.bags import check_columns
 
     path = Path(path)
     if not is_dataset_folder(path):

@@ -56,7 +56,7 @@ class _ServedPipelinesConfig(PretrainedConfig):
 
 
 class PathFLIPConfig(_ServedPipelinesConfig):
-    r"""Configuration of [`PathFLIPModel`]; the defaults reproduce the paper (DESIGN §4).
+    r"""Configuration of [`PathFLIPModel`]; the defaults reproduce the paper.
 
     Args:
         qformer_config (`dict` or `Blip2QFormerConfig`, *optional*):
@@ -210,7 +210,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
 
 
 class PathFLIPGenerationConfig(_ServedPipelinesConfig):
-    r"""Configuration of [`PathFLIPForConditionalGeneration`]: PathFLIP + projector + a causal LLM (DESIGN §9).
+    r"""Configuration of [`PathFLIPForConditionalGeneration`]: PathFLIP + projector + a causal LLM.
 
     Args:
         pathflip_config (`dict` or [`PathFLIPConfig`], *optional*): the slide/text alignment model.

@@ -1,4 +1,4 @@
-"""PathFLIP's LLM stage: slide and region tokens read by a causal LLM for captioning and VQA (DESIGN §9)."""
+"""PathFLIP's LLM stage: slide and region tokens read by a causal LLM for captioning and VQA."""
 
 from __future__ import annotations
 

@@ -7,21 +7,20 @@ has a chat template the prompt becomes the user turn and the target the assistan
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
-from .processing_pathflip import BAG_INPUT_NAMES, bag_name, layout_bag, pad_layouts
+from .processing_pathflip import BAG_INPUT_NAMES, RegionLayout, bag_rng, layout_bags, pad_layouts, sample_regions
 
 IGNORE_INDEX = -100
 
 
 class PathFLIPGenerationProcessor(ProcessorMixin):
-    r"""Builds [`PathFLIPForConditionalGeneration`] batches; with ``training=True`` it is a `Trainer` collator
-    (via ``functools.partial``) that also samples regions.
+    r"""Builds [`PathFLIPForConditionalGeneration`] batches. A slide with more regions than fit keeps a choice
+    drawn from (seed, slide id); a training collator draws per epoch instead and passes laid-out bags in.
 
     Args:
         tokenizer: the LLM's tokenizer (the image placeholder is added to it when missing).
@@ -29,7 +28,7 @@ class PathFLIPGenerationProcessor(ProcessorMixin):
         max_visual_tokens: 1 slide token + at most ``max_visual_tokens - 1`` regions per slide.
         image_token: the placeholder string.
         max_length: longest spliced sequence (prompt + visual tokens + target) in tokens.
-        seed: seed of the region choice when a slide has more regions than fit (evaluation is deterministic).
+        seed: seed of the region choice when a slide has more regions than fit.
     """
 
     tokenizer_class = "AutoTokenizer"
@@ -95,26 +94,16 @@ class PathFLIPGenerationProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        bags: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        bags: Mapping[str, Any] | Sequence[Mapping[str, Any] | RegionLayout],
         prompts: str | Sequence[str],
         targets: str | Sequence[str] | None = None,
-        *,
-        training: bool = False,
-        sampling_round: int | None = None,
     ) -> BatchFeature:
         """Bag tensors, ``input_ids``/``attention_mask`` (prompt, then target) and, with targets, ``labels``."""
         bags = [bags] if isinstance(bags, Mapping) else list(bags)
         prompts = _per_bag(prompts, len(bags), "prompts")
         targets = None if targets is None else _per_bag(targets, len(bags), "targets")
-        layouts = []
-        for position, bag in enumerate(bags):
-            name = bag_name(bag, position)
-            rng = (
-                random if training and sampling_round is None else random.Random(f"{self.seed}:{sampling_round}:{name}")
-            )
-            layouts.append(
-                layout_bag(bag, position, self.patch_dim, self.region_grid_size, self.max_visual_tokens - 1, rng)
-            )
+        layouts = [sample_regions(layout, self.max_visual_tokens - 1, bag_rng(self.seed, "eval", layout.name))
+                   for layout in self.layout(bags)]  # fmt: skip
         batch = pad_layouts(layouts)
         rows = [
             self._token_row(layout.name, prompt, None if targets is None else targets[i], 1 + len(layout.region_cells))
@@ -122,6 +111,10 @@ class PathFLIPGenerationProcessor(ProcessorMixin):
         ]
         batch.update(self._pad(rows, with_labels=targets is not None))
         return BatchFeature(batch)
+
+    def layout(self, bags: Sequence[Mapping[str, Any] | RegionLayout]) -> list[RegionLayout]:
+        """Validate each bag and group its patches into regions (laid-out bags pass through)."""
+        return layout_bags(bags, self.patch_dim, self.region_grid_size)
 
     def _token_row(self, name: str, prompt: str, target: str | None, num_visual: int) -> tuple[list, list]:
         """Token ids of prompt + target and their labels (-100 on the prompt); checks the length."""

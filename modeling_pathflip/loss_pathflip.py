@@ -1,4 +1,4 @@
-"""The two PathFLIP losses (DESIGN §5), with negatives gathered across processes.
+"""The two PathFLIP losses, with negatives gathered across processes.
 
 Both follow open_clip's "local loss with gathered features": each process scores its local rows
 against the global batch and keeps gradients for every shard through an autograd-aware all-gather,

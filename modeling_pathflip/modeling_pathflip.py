@@ -1,4 +1,4 @@
-"""PathFLIP: fine-grained language-image pretraining for whole slide images (DESIGN §4-§6).
+"""PathFLIP: fine-grained language-image pretraining for whole slide images.
 
 A bag of frozen patch features is projected, grouped into 4096-px regions (the processor builds the
 region index from coordinates), and read by one Q-Former twice: over all patches (slide token) and
@@ -43,7 +43,7 @@ class PathFLIPSlideOutput(ModelOutput):
 
 @dataclass
 class PathFLIPGroundingOutput(ModelOutput):
-    """Text grounding of a batch of bags (DESIGN §6).
+    """Text grounding of a batch of bags.
 
     Args:
         patch_scores: ``[B, T, N]`` score of each patch row for each text (0 on padding).
@@ -323,7 +323,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         region_positions: torch.Tensor | None = None,
     ) -> PathFLIPGroundingOutput:
-        """Score every patch of every bag for each text ``[T, S]`` (DESIGN §6).
+        """Score every patch of every bag for each text ``[T, S]``.
 
         score(p) = TRA weight of p's region for the text x Region Q-Former weight of p relative to a uniform
         weight over the region's patches (weight x patch count). Scores are aligned with the rows of

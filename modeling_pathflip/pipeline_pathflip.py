@@ -1,13 +1,16 @@
-"""PathFLIP tasks as `transformers.pipeline()`s (DESIGN §7).
+"""PathFLIP tasks as `transformers.pipeline()`s.
 
 Every task takes a bag (a dict or `datasets` row with features, coords and patch_size_level0) or a
-path (dataset folder, TRIDENT/CLAM .h5, extracted .safetensors bag, or a slide file, which the
-`pathflip` package tiles and encodes); a list of inputs gives a list of results.
+path (dataset folder, TRIDENT/CLAM .h5, extracted .safetensors bag, or a slide file); a list of inputs gives a
+list of results. Paths, slide thumbnails and heatmap files go through an *input loader*: an object with
+``load_bags(source, *, patch_encoder, mpp)``, ``slide_canvas(source, *, mpp, longest)`` and
+``write_grounding(heatmap, geojson, *, output_dir, stem, thumbnail)``. Pass one as
+``pipeline(..., input_loader=obj)``, or the name of one registered with `register_input_loader` or installed as a
+``pathflip.input_loaders`` entry point; the default, ``"files"``, is the `pathflip` package's.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from collections.abc import Mapping
@@ -20,24 +23,32 @@ from .heatmap_pathflip import heatmap_raster, top_patches_geojson
 from .processing_pathflip import BAG_INPUT_NAMES
 
 DEFAULT_TEMPLATES = ("{}.", "an H&E image of {}.", "a whole slide image showing {}.")
+INPUT_LOADER_GROUP = "pathflip.input_loaders"
+DEFAULT_INPUT_LOADER = "files"
+_INPUT_LOADERS: dict[str, Any] = {}
 
 
-def _pathflip_module(name: str, purpose: str):
-    """A module of the `pathflip` package's `processing`, which reads files; remote-code users may lack it."""
-    try:
-        return importlib.import_module(f"processing.{name}")
-    except ImportError as error:
-        raise ImportError(
-            f"{purpose} needs the pathflip package (pip install pathflip); or pass the bag as a dict with "
-            "features, coords and patch_size_level0."
-        ) from error
+def register_input_loader(name: str, loader: Any) -> None:
+    """Make ``loader`` the input loader that ``input_loader=name`` (or, for ``"files"``, the default) selects."""
+    _INPUT_LOADERS[name] = loader
 
 
-def load_bags(inputs: Any, patch_encoder: str | None = None, mpp: float | None = None) -> list[Mapping[str, Any]]:
-    """Bags from a bag mapping or a path (paths need the `pathflip` package)."""
-    if isinstance(inputs, Mapping):
-        return [inputs]
-    return _pathflip_module("inputs", f"reading {inputs!r}").load_bags(inputs, encoder=patch_encoder, mpp=mpp)
+def find_input_loader(name: str = DEFAULT_INPUT_LOADER) -> Any:
+    """The input loader registered as ``name``, else the installed ``pathflip.input_loaders`` entry point."""
+    if name in _INPUT_LOADERS:
+        return _INPUT_LOADERS[name]
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=INPUT_LOADER_GROUP, name=name):
+        try:
+            _INPUT_LOADERS[name] = entry.load()
+        except ImportError:  # e.g. a Hub user whose environment hides the package
+            break
+        return _INPUT_LOADERS[name]
+    raise ImportError(
+        f"no input loader named {name!r}: reading files and slides needs the pathflip package (pip install pathflip), "
+        "or pass the bag as a dict with features, coords and patch_size_level0."
+    )
 
 
 def prompt_ensemble_embeddings(model, text_inputs: Mapping[str, Any], num_templates: int) -> torch.Tensor:
@@ -50,7 +61,7 @@ def prompt_ensemble_embeddings(model, text_inputs: Mapping[str, Any], num_templa
 
 
 class _SlidePipeline(Pipeline):
-    """Shared parts: processor only, one slide per forward, bag loading."""
+    """Shared parts: processor only, one slide per forward, bags read through the input loader."""
 
     _load_processor = True
     _load_tokenizer = False
@@ -58,6 +69,23 @@ class _SlidePipeline(Pipeline):
     _load_image_processor = False
     preprocess_options: tuple[str, ...] = ("patch_encoder", "mpp")
     postprocess_options: tuple[str, ...] = ()
+
+    def __init__(self, *args, input_loader: Any = DEFAULT_INPUT_LOADER, **kwargs):
+        self._input_loader = input_loader
+        super().__init__(*args, **kwargs)
+
+    @property
+    def input_loader(self) -> Any:
+        """The object that reads paths and writes heatmap files (looked up on first use when given by name)."""
+        if isinstance(self._input_loader, str):
+            self._input_loader = find_input_loader(self._input_loader)
+        return self._input_loader
+
+    def load_bags(self, inputs: Any, patch_encoder: str | None = None, mpp: float | None = None) -> list:
+        """Bags from a bag mapping, or from a path through the input loader."""
+        if isinstance(inputs, Mapping):
+            return [inputs]
+        return list(self.input_loader.load_bags(inputs, patch_encoder=patch_encoder, mpp=mpp))
 
     def _sanitize_parameters(self, **kwargs):
         unknown = set(kwargs) - set(self.preprocess_options) - set(self.postprocess_options)
@@ -76,7 +104,7 @@ class _SlidePipeline(Pipeline):
         return super().__call__(inputs, **kwargs)
 
     def _bag_batch(self, inputs, patch_encoder=None, mpp=None) -> dict[str, Any]:
-        bags = load_bags(inputs, patch_encoder or self.model.config.patch_encoder, mpp)
+        bags = self.load_bags(inputs, patch_encoder or self.model.config.patch_encoder, mpp)
         if len(bags) != 1:
             raise ValueError(f"{inputs!r} holds {len(bags)} bags; pass them as a list of rows, one per slide.")
         batch = self.processor(bags, return_loss=False, return_coords=True)
@@ -154,7 +182,8 @@ class SlideGroundingPipeline(_SlidePipeline):
         batch = self._bag_batch(inputs, patch_encoder, mpp)
         batch["text"] = dict(self.processor(text=sentences))
         batch["sentences"] = sentences
-        batch["canvas"] = _canvas(slide if slide is not None else inputs, batch, heatmap_size, mpp, slide is not None)
+        batch["canvas"] = self._canvas(slide if slide is not None else inputs, batch, heatmap_size, mpp,
+                                       slide is not None)  # fmt: skip
         return batch
 
     def _forward(self, model_inputs):
@@ -188,38 +217,36 @@ class SlideGroundingPipeline(_SlidePipeline):
                 "geojson": top_patches_geojson(scores, coords, size, top_k=top_k, name=sentence),
             }
             if output_dir is not None:
-                result.update(_write_grounding(result, output_dir, model_outputs["slide_id"], canvas["thumbnail"]))
+                stem = f"{model_outputs['slide_id']}_" + _file_stem(sentence)
+                result.update(self.input_loader.write_grounding(result["heatmap"].numpy(), result["geojson"],
+                                                                output_dir=output_dir, stem=stem,
+                                                                thumbnail=canvas["thumbnail"]))  # fmt: skip
             results.append(result)
         return results
 
+    def _canvas(self, source, batch, heatmap_size: int, mpp: float | None, required: bool) -> dict[str, Any]:
+        """Level-0 extent, heatmap size and thumbnail: from the slide when ``source`` is a slide file, else the
+        extent of the patch grid (no thumbnail)."""
+        if not isinstance(heatmap_size, int) or heatmap_size < 1:
+            raise ValueError(f"heatmap_size must be a positive number of pixels, got {heatmap_size!r}.")
+        if isinstance(source, (str, os.PathLike)) and not os.path.isdir(source):
+            found = self.input_loader.slide_canvas(source, mpp=mpp, longest=heatmap_size)
+            if found is not None:
+                thumbnail, dimensions = found
+                size = (thumbnail.shape[1], thumbnail.shape[0])
+                return {"thumbnail": thumbnail, "dimensions": dimensions, "size": size}
+        if required:
+            raise ValueError(f"slide={source!r} is not a slide file (.svs, .tif, .ndpi, ...); it is the background.")
+        coords, patch_size = batch["coords"], batch["patch_size_level0"]
+        extent = (int(coords[:, 0].max()) + patch_size, int(coords[:, 1].max()) + patch_size)
+        scale = heatmap_size / max(extent)
+        size = (max(1, round(extent[0] * scale)), max(1, round(extent[1] * scale)))
+        return {"thumbnail": None, "dimensions": extent, "size": size}
 
-def _canvas(source, batch, heatmap_size: int, mpp: float | None, required: bool) -> dict[str, Any]:
-    """Level-0 extent, heatmap size and thumbnail: from the slide when ``source`` is a slide file, else the
-    extent of the patch grid (no thumbnail)."""
-    if not isinstance(heatmap_size, int) or heatmap_size < 1:
-        raise ValueError(f"heatmap_size must be a positive number of pixels, got {heatmap_size!r}.")
-    if isinstance(source, (str, os.PathLike)) and not os.path.isdir(source):
-        heatmap = _pathflip_module("heatmap", f"a heatmap over {source!r}")
-        found = heatmap.slide_canvas(source, mpp=mpp, longest=heatmap_size)
-        if found is not None:
-            thumbnail, dimensions = found
-            return {"thumbnail": thumbnail, "dimensions": dimensions, "size": (thumbnail.shape[1], thumbnail.shape[0])}
-    if required:
-        raise ValueError(f"slide={source!r} is not a slide file (.svs, .tif, .ndpi, ...); it is used as background.")
-    coords, patch_size = batch["coords"], batch["patch_size_level0"]
-    extent = (int(coords[:, 0].max()) + patch_size, int(coords[:, 1].max()) + patch_size)
-    scale = heatmap_size / max(extent)
-    size = (max(1, round(extent[0] * scale)), max(1, round(extent[1] * scale)))
-    return {"thumbnail": None, "dimensions": extent, "size": size}
 
-
-def _write_grounding(result: Mapping[str, Any], output_dir, slide_id: str, thumbnail) -> dict[str, str]:
-    """The PNG overlay and the GeoJSON file of one sentence (needs the pathflip package, for Pillow)."""
-    heatmap = _pathflip_module("heatmap", "writing PNG and GeoJSON files")
-    stem = f"{slide_id}_" + (re.sub(r"[^a-z0-9]+", "-", result["sentence"].lower()).strip("-")[:60] or "sentence")
-    png = heatmap.overlay_png(result["heatmap"].numpy(), os.path.join(output_dir, f"{stem}.png"), thumbnail)
-    geojson = heatmap.write_geojson(result["geojson"], os.path.join(output_dir, f"{stem}.geojson"))
-    return {"png_file": str(png), "geojson_file": str(geojson)}
+def _file_stem(sentence: str) -> str:
+    """A file-name part for a sentence: lower-case words joined by dashes, at most 60 characters."""
+    return re.sub(r"[^a-z0-9]+", "-", sentence.lower()).strip("-")[:60] or "sentence"
 
 
 class SlideTextRetrievalPipeline(_SlidePipeline):

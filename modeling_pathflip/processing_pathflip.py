@@ -1,10 +1,11 @@
-"""PathFLIPProcessor: feature bags + text -> model-ready batches; also the training collator.
+"""PathFLIPProcessor: feature bags + text -> model-ready batches.
 
 A bag is a mapping with ``features [N, D]``, ``coords [N, 2]`` (level-0 top-left corners) and
 ``patch_size_level0`` (optionally ``slide_id``, ``caption``, ``subcaptions``): a dict, a `datasets`
-row, numpy arrays or tensors. The processor validates bags (DESIGN §3), groups patches into regions
-of ``region_grid_size x region_grid_size`` grid cells, optionally samples regions for training,
-pads, and tokenises captions and sampled subcaptions (DESIGN §8).
+row, numpy arrays or tensors. The processor validates bags, groups patches into regions of
+``region_grid_size x region_grid_size`` grid cells, pads, and tokenises captions and subcaptions. It draws
+nothing at random: a training collator samples regions (`sample_regions`) and subcaptions per epoch and
+passes them in; without them every region is kept and subcaptions are drawn from (seed, slide id).
 """
 
 from __future__ import annotations
@@ -128,22 +129,31 @@ def keep_regions(layout: RegionLayout, keep: torch.Tensor) -> RegionLayout:
     )
 
 
-def layout_bag(
-    bag: Mapping[str, Any],
-    position: int,
-    patch_dim: int,
-    region_grid_size: int,
-    max_regions: int | None = None,
-    rng: random.Random | None = None,
-) -> RegionLayout:
-    """Validate a bag and group it into regions; keep ``max_regions`` regions drawn with ``rng`` when given."""
+def layout_bag(bag: Mapping[str, Any], position: int, patch_dim: int, region_grid_size: int) -> RegionLayout:
+    """Validate a bag and group its patches into regions."""
     name, features, coords, patch_size = validate_bag(bag, position, patch_dim)
     index, cells = group_into_regions(name, coords, patch_size, region_grid_size)
-    layout = RegionLayout(name, features, coords, index, cells, relative_positions(cells))
-    if max_regions and cells.shape[0] > max_regions:
-        keep = sorted((rng or random).sample(range(cells.shape[0]), max_regions))
-        layout = keep_regions(layout, torch.tensor(keep))
-    return layout
+    return RegionLayout(name, features, coords, index, cells, relative_positions(cells))
+
+
+def layout_bags(bags: Sequence[Mapping[str, Any] | RegionLayout], patch_dim: int, region_grid_size: int) -> list:
+    """`layout_bag` of each bag; bags already laid out (`RegionLayout`) pass through."""
+    return [bag if isinstance(bag, RegionLayout) else layout_bag(bag, position, patch_dim, region_grid_size)
+            for position, bag in enumerate(bags)]  # fmt: skip
+
+
+def sample_regions(layout: RegionLayout, max_regions: int | None, rng: random.Random) -> RegionLayout:
+    """At most ``max_regions`` of the layout's regions, drawn with ``rng`` (kept in slide order)."""
+    count = layout.region_cells.shape[0]
+    if not max_regions or count <= max_regions:
+        return layout
+    return keep_regions(layout, torch.tensor(sorted(rng.sample(range(count), max_regions))))
+
+
+def bag_rng(seed: int, sampling_round: int | str, name: str) -> random.Random:
+    """The random source of one bag in one round (an epoch, or "eval"): the same draws whatever the batch, the
+    process or the order, so a resumed run redraws exactly what it drew before."""
+    return random.Random(f"{seed}:{sampling_round}:{name}")
 
 
 def relative_positions(cells: torch.Tensor) -> torch.Tensor:
@@ -189,9 +199,9 @@ def pad_layouts(layouts: list[RegionLayout], return_coords: bool = False) -> dic
 class PathFLIPProcessor(ProcessorMixin):
     r"""Turns feature bags and captions into PathFLIP batches.
 
-    Calling it on a list of bags (e.g. `datasets` rows) returns a [`BatchFeature`] for
-    [`PathFLIPModel`]; with ``training=True`` it samples regions and subcaptions at random, so
-    ``functools.partial(processor, training=True)`` is a `Trainer` data collator.
+    Calling it on a list of bags (e.g. `datasets` rows) returns a [`BatchFeature`] for [`PathFLIPModel`].
+    Training samples regions and subcaptions per epoch in its collator and passes the laid-out bags
+    (`layout`, then `sample_regions`) and the subcaptions in.
 
     Args:
         tokenizer: the text tower's tokenizer.
@@ -199,9 +209,8 @@ class PathFLIPProcessor(ProcessorMixin):
         region_grid_size: region side in patches (the model's ``region_grid_size``).
         num_subcaptions: K subcaptions per slide.
         max_sentences_per_subcaption: sentences joined into one subcaption (1..this).
-        max_regions_train: regions sampled per slide when ``training=True`` (None: all).
         caption_max_length, subcaption_max_length: token limits.
-        seed: seed of the deterministic sampling used when ``training=False``.
+        seed: seed of the subcaptions drawn when none are given (the same for a slide every time).
     """
 
     tokenizer_class = "AutoTokenizer"
@@ -213,7 +222,6 @@ class PathFLIPProcessor(ProcessorMixin):
         region_grid_size: int = 16,
         num_subcaptions: int = 8,
         max_sentences_per_subcaption: int = 3,
-        max_regions_train: int | None = None,
         caption_max_length: int = 384,
         subcaption_max_length: int = 128,
         seed: int = 0,
@@ -223,10 +231,10 @@ class PathFLIPProcessor(ProcessorMixin):
         self.region_grid_size = region_grid_size
         self.num_subcaptions = num_subcaptions
         self.max_sentences_per_subcaption = max_sentences_per_subcaption
-        self.max_regions_train = max_regions_train
         self.caption_max_length = caption_max_length
         self.subcaption_max_length = subcaption_max_length
         self.seed = seed
+        kwargs.pop("max_regions_train", None)  # written by the first release; region sampling is the collator's
         super().__init__(tokenizer, **kwargs)
 
     @classmethod
@@ -243,13 +251,21 @@ class PathFLIPProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return BAG_INPUT_NAMES + TEXT_INPUT_NAMES
 
+    def layout(self, bags: Sequence[Mapping[str, Any] | RegionLayout]) -> list[RegionLayout]:
+        """Validate each bag and group its patches into regions (laid-out bags pass through)."""
+        return layout_bags(bags, self.patch_dim, self.region_grid_size)
+
+    def draw_subcaptions(self, caption: str, rng: random.Random, precomputed=None) -> list[str]:
+        """K subcaptions of one slide's caption (from ``precomputed`` ones when the dataset has them)."""
+        return sample_subcaptions(caption, self.num_subcaptions, rng, max_sentences=self.max_sentences_per_subcaption,
+                                  precomputed=precomputed)  # fmt: skip
+
     def __call__(
         self,
-        bags: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        bags: Mapping[str, Any] | Sequence[Mapping[str, Any] | RegionLayout] | None = None,
         text: str | Sequence[str] | None = None,
         *,
-        training: bool = False,
-        sampling_round: int | None = None,
+        subcaptions: Sequence[Sequence[str]] | None = None,
         return_loss: bool | None = None,
         return_coords: bool = False,
         **kwargs: Any,
@@ -257,13 +273,10 @@ class PathFLIPProcessor(ProcessorMixin):
         """Build a batch.
 
         Args:
-            bags: one bag or a list of bags. Without bags, ``text`` is just tokenised (e.g. prompts).
-            text: captions, one per bag (default: each bag's ``caption``).
-            training: sample ``max_regions_train`` regions and fresh subcaptions; otherwise every region
-                is kept and subcaptions are drawn deterministically from ``seed`` and the slide id.
-            sampling_round: with ``training``, draw from ``seed``, this round (e.g. the epoch) and the
-                slide id instead of Python's global RNG, so a resumed run redraws exactly the same
-                samples whatever was prefetched before it stopped.
+            bags: one bag or a list of bags, or `RegionLayout`s from `layout`. Without bags, ``text`` is just
+                tokenised (e.g. prompts).
+            text: captions, one per bag (default: each bag's ``caption``; needed for laid-out bags).
+            subcaptions: K subcaptions per bag; by default they are drawn from ``seed`` and the slide id.
             return_loss: ask for the losses (default: when captions are present); then every bag
                 needs a non-empty caption, and subcaptions are added.
             return_coords: also return ``patch_coords [B, N, 2]`` aligned with ``patch_features``.
@@ -277,18 +290,13 @@ class PathFLIPProcessor(ProcessorMixin):
         bags = [bags] if isinstance(bags, Mapping) else list(bags)
         if not bags:
             raise ValueError("Got an empty list of bags.")
-        max_regions = self.max_regions_train if training else None
-        rngs = [self._rng(bag_name(bag, position), training, sampling_round) for position, bag in enumerate(bags)]
-        layouts = [
-            layout_bag(bag, position, self.patch_dim, self.region_grid_size, max_regions, rng)
-            for position, (bag, rng) in enumerate(zip(bags, rngs, strict=True))
-        ]
+        layouts = self.layout(bags)
         batch = pad_layouts(layouts, return_coords)
         captions = self._captions(bags, text)
         if return_loss is None:
             return_loss = any(caption not in (None, "") for caption in captions)
         if return_loss:
-            batch.update(self._loss_text(bags, layouts, captions, rngs))
+            batch.update(self._loss_text(bags, layouts, captions, subcaptions))
             batch["return_loss"] = True
         return BatchFeature(batch)
 
@@ -307,37 +315,33 @@ class PathFLIPProcessor(ProcessorMixin):
     @staticmethod
     def _captions(bags: list, text: str | Sequence[str] | None) -> list:
         if text is None:
-            return [bag.get("caption") for bag in bags]
+            return [None if isinstance(bag, RegionLayout) else bag.get("caption") for bag in bags]
         captions = [text] if isinstance(text, str) else list(text)
         if len(captions) != len(bags):
             raise ValueError(f"Got {len(captions)} captions for {len(bags)} bags; give one caption per bag.")
         return captions
 
-    def _rng(self, name: str, training: bool, sampling_round: int | None):
-        """The random source of one bag: global in plain training, else seeded by the bag's name."""
-        if training and sampling_round is None:
-            return random
-        return random.Random(f"{self.seed}:{sampling_round if training else 'eval'}:{name}")
-
-    def _loss_text(self, bags: list, layouts: list[RegionLayout], captions: list, rngs: list) -> dict:
-        subcaptions = []
-        for bag, layout, caption, rng in zip(bags, layouts, captions, rngs, strict=True):
+    def _loss_text(self, bags: list, layouts: list[RegionLayout], captions: list, subcaptions) -> dict:
+        if subcaptions is not None and len(subcaptions) != len(bags):
+            raise ValueError(f"Got subcaptions for {len(subcaptions)} bags, but {len(bags)} bags.")
+        drawn = []
+        for position, (bag, layout, caption) in enumerate(zip(bags, layouts, captions, strict=True)):
             if caption is None or not str(caption).strip():
                 raise ValueError(
                     f"{layout.name}: empty caption, but a loss was requested. Give the slide a caption, drop it "
                     "from the training set, or call with return_loss=False for embeddings only."
                 )
-            subcaptions.extend(
-                sample_subcaptions(
-                    str(caption),
-                    self.num_subcaptions,
-                    rng,
-                    max_sentences=self.max_sentences_per_subcaption,
-                    precomputed=bag.get("subcaptions"),
-                )
-            )
+            if subcaptions is None:
+                precomputed = None if isinstance(bag, RegionLayout) else bag.get("subcaptions")
+                chosen = self.draw_subcaptions(str(caption), bag_rng(self.seed, "eval", layout.name), precomputed)
+            else:
+                chosen = list(subcaptions[position])
+            if len(chosen) != self.num_subcaptions:
+                raise ValueError(f"{layout.name}: {len(chosen)} subcaptions, but the model takes "
+                                 f"num_subcaptions={self.num_subcaptions}.")  # fmt: skip
+            drawn.extend(chosen)
         text = self._tokenize([str(caption) for caption in captions], self.caption_max_length)
-        sub = self._tokenize(subcaptions, self.subcaption_max_length)
+        sub = self._tokenize(drawn, self.subcaption_max_length)
         shape = (len(bags), self.num_subcaptions, -1)
         return {
             **text,

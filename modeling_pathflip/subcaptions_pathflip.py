@@ -1,4 +1,4 @@
-"""Rule-based caption decomposition into subcaptions (DESIGN §8).
+"""Rule-based caption decomposition into subcaptions.
 
 A caption is split into sentences by a splitter that keeps decimals ("1.5 cm"), common
 abbreviations ("e.g.", "approx.") and list markers intact; each subcaption joins 1-3 sentences,

@@ -1,4 +1,4 @@
-"""The feature-bag dataset schema (DESIGN §3) and helpers to write and read bags.
+"""The feature-bag dataset schema and helpers to write and check bag datasets.
 
 One row per slide; ``features`` is an ``Array2D((None, D))`` column so that a 100k-patch bag reads
 back as one zero-copy numpy array.
@@ -12,6 +12,8 @@ from typing import Any
 
 import datasets
 import numpy as np
+
+from ..files import atomic_path
 
 REQUIRED_COLUMNS = ("slide_id", "features", "coords", "patch_size_level0")
 # Bags are large: flush every few rows so one Arrow chunk never overflows int32 offsets.
@@ -70,29 +72,22 @@ def check_columns(dataset: datasets.Dataset, name: str = "dataset") -> None:
     if missing:
         raise ValueError(
             f"{name} lacks the feature-bag column(s) {missing} (has {dataset.column_names}). Build it with "
-            "`pathflip extract` or `pathflip import`, or rename your columns to the DESIGN §3 names."
+            "`pathflip extract` or `pathflip import`, or rename your columns to slide_id, features (patch features "
+            "[N, D]), coords (level-0 top-left x, y [N, 2]) and patch_size_level0 (patch side in level-0 pixels)."
         )
 
 
 def save_dataset(dataset: datasets.Dataset, path: str | Path, *, parquet: bool = False) -> Path:
-    """Write with `save_to_disk` (or parquet shards) into a temporary folder, then move it in place."""
+    """Write with `save_to_disk` (or as parquet shards) under a temporary name, then swap it in place."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    if partial.exists():
-        import shutil
-
-        shutil.rmtree(partial)
-    if parquet:
-        partial.mkdir(parents=True)
-        num_shards = max(1, len(dataset) // 64)
-        for index in range(num_shards):
-            shard = dataset.shard(num_shards, index, contiguous=True)
-            shard.to_parquet(partial / f"train-{index:05d}-of-{num_shards:05d}.parquet", batch_size=WRITER_BATCH_SIZE)
-    else:
-        dataset.save_to_disk(str(partial))
-    if path.exists():
-        import shutil
-
-        shutil.rmtree(path)
-    partial.rename(path)
+    with atomic_path(path) as partial:
+        if parquet:
+            partial.mkdir(parents=True)
+            num_shards = max(1, len(dataset) // 64)
+            for index in range(num_shards):
+                shard = dataset.shard(num_shards, index, contiguous=True)
+                shard.to_parquet(partial / f"train-{index:05d}-of-{num_shards:05d}.parquet",
+                                 batch_size=WRITER_BATCH_SIZE)  # fmt: skip
+        else:
+            dataset.save_to_disk(str(partial))
     return path

@@ -6,7 +6,7 @@ Layout of an output folder::
     bags/<slide_id>.safetensors  one finished slide (written atomically: its presence marks completion)
     tissue/<slide_id>.png      tissue-mask overlay for quality control
     report.json                the last run: done, already done, failed (with reasons)
-    dataset/                   the feature-bag dataset (DESIGN §3), rebuilt from bags/ at the end
+    dataset/                   the feature-bag dataset, rebuilt from bags/ at the end
 
 Slides are split across processes when launched with ``torchrun`` or ``accelerate launch`` (on GPUs;
 accelerate's multi-process CPU mode needs MPI, torchrun does not).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..files import atomic_path, write_text
 from .bags import save_dataset, write_bags
 from .encoders import PatchEncoder
 from .reader import SlideError, SlideReader, resize_patches
@@ -154,9 +154,8 @@ def write_bag_file(path: Path, tiling: Tiling, features: torch.Tensor, encoder: 
         "encoder": encoder.name,
     }
     tensors = {"features": features.contiguous(), "coords": torch.from_numpy(tiling.coords.astype(np.int32))}
-    partial = path.with_suffix(".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
 
 
 def read_bag_file(path: Path) -> dict:
@@ -197,8 +196,7 @@ def check_manifest(output: Path, manifest: dict) -> None:
                 "options, or write to a new --output folder."
             )
         return
-    output.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def run_extraction(
@@ -244,7 +242,7 @@ def run_extraction(
     if state.is_main_process:
         dataset = build_dataset(output, options.parquet)
         report.dataset = str(dataset) if dataset else None
-        (output / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        write_text(output / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     state.wait_for_everyone()
     return report
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..files import write_text
+
 # A blue -> yellow -> red ramp: readable on H&E and for red-green colour blindness.
 _RAMP = np.array([[49, 54, 149], [116, 173, 209], [254, 224, 144], [244, 109, 67], [165, 0, 38]], np.float32)
 
@@ -36,10 +38,7 @@ def overlay_png(raster, path: str | Path, background: np.ndarray | None = None, 
 
 def write_geojson(collection: dict, path: str | Path) -> Path:
     """Write a FeatureCollection to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(collection))
-    return path
+    return write_text(path, json.dumps(collection))
 
 
 def slide_canvas(path: str | Path, *, mpp: float | None = None, longest: int = 1024):

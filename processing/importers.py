@@ -1,4 +1,4 @@
-"""Import feature bags made by other tools (TRIDENT, CLAM) into a feature-bag dataset, and export back.
+"""Import feature bags made by other tools (TRIDENT, CLAM) into a feature-bag dataset.
 
 TRIDENT and CLAM write one HDF5 file per slide with a ``features`` [N, D] and a ``coords`` [N, 2]
 dataset (level-0 top-left x, y); the patch geometry lives in ``coords.attrs``. CLAM's ``.pt`` bags
@@ -11,10 +11,8 @@ import csv
 import itertools
 import json
 import logging
-import os
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import h5py
 import numpy as np
 from datasets.fingerprint import get_temporary_cache_files_directory
 
-from .bags import check_columns, save_dataset, write_bags
+from .bags import save_dataset, write_bags
 
 logger = logging.getLogger(__name__)
 
@@ -88,30 +86,8 @@ def import_pt_folder(
     if not coords_dir.is_dir():
         raise ValueError(f"coords_dir {coords_dir} is not a folder (it should hold the patches .h5 files).")
     return _import(
-        paths, lambda path: _read_pt_bag(path, coords_dir, options), output=output, captions=captions, dtype=dtype
+        paths, lambda path: _read_clam_pt_bag(path, coords_dir, options), output=output, captions=captions, dtype=dtype
     )
-
-
-def export_h5(dataset: datasets.Dataset, folder: str | Path) -> list[Path]:
-    """Write one TRIDENT-layout ``<slide_id>.h5`` per row into ``folder``; returns the paths in row order.
-
-    Each file holds ``features`` and ``coords`` with ``patch_size_level0`` (and ``mpp`` when known) in
-    ``coords.attrs`` and ``encoder`` in ``features.attrs``, so `import_h5_folder` reads it back exactly.
-    """
-    check_columns(dataset)
-    slide_ids = [str(slide_id) for slide_id in dataset["slide_id"]]
-    _check_slide_ids(slide_ids)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # A dataset built elsewhere may hold features as nested lists (no dtype): export those as float32.
-    feature_dtype = getattr(dataset.features["features"], "dtype", "float32")
-    rows = dataset.with_format("numpy")
-    paths = []
-    for index, slide_id in enumerate(slide_ids):
-        path = folder / f"{slide_id}.h5"
-        _write_h5_atomically(path, rows[index], feature_dtype)
-        paths.append(path)
-    return paths
 
 
 def _options(patch_size_level0: int | None, mpp: float | None, encoder: str | None, dtype: str) -> _Options:
@@ -201,7 +177,7 @@ def _read_h5_bag(path: Path, options: _Options) -> dict[str, Any]:
         return _bag(path, features[()], coords[()], attr_sets, options)
 
 
-def _read_pt_bag(path: Path, coords_dir: Path, options: _Options) -> dict[str, Any]:
+def _read_clam_pt_bag(path: Path, coords_dir: Path, options: _Options) -> dict[str, Any]:
     import torch
 
     try:
@@ -340,35 +316,6 @@ def _caption_records(path: Path) -> list[tuple[str, str]]:
     if not all(isinstance(record, dict) and {"slide_id", "caption"} <= record.keys() for record in records):
         raise ValueError(f"captions file {path}: every record needs 'slide_id' and 'caption' columns.")
     return [(record["slide_id"], record["caption"]) for record in records]
-
-
-def _check_slide_ids(slide_ids: list[str]) -> None:
-    for slide_id in slide_ids:
-        if not slide_id or Path(slide_id).name != slide_id or slide_id in (".", ".."):
-            raise ValueError(f"slide_id {slide_id!r} cannot be a file name; rename it before exporting.")
-    duplicates = sorted(slide_id for slide_id, count in Counter(slide_ids).items() if count > 1)
-    if duplicates:
-        raise ValueError(f"slide_id(s) {duplicates} appear more than once; each exported file needs its own name.")
-
-
-def _write_h5_atomically(path: Path, row: Mapping[str, Any], feature_dtype: str) -> None:
-    """Write into a temporary name and rename, so a reader never sees a half-written file."""
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with h5py.File(partial, "w") as handle:
-            features = handle.create_dataset("features", data=np.asarray(row["features"], dtype=feature_dtype))
-            coords = handle.create_dataset("coords", data=np.asarray(row["coords"], dtype=np.int32))
-            coords.attrs["patch_size_level0"] = int(row["patch_size_level0"])
-            coords.attrs["name"] = str(row["slide_id"])
-            mpp = row.get("mpp")
-            if mpp is not None and not np.isnan(mpp):  # numpy format reads a null mpp as NaN
-                coords.attrs["mpp"] = float(mpp)
-            if row.get("encoder") is not None:
-                features.attrs["encoder"] = str(row["encoder"])
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def read_h5_bag(path: str | Path, *, patch_size_level0: int | None = None, mpp: float | None = None) -> dict[str, Any]:

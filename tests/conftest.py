@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,7 +189,7 @@ def tiny_llm_config(tokenizer, **overrides) -> dict:
 @pytest.fixture(scope="session")
 def llm_tokenizer():
     """A byte-level BPE tokenizer trained on the test captions, with the ``<image>`` placeholder."""
-    from processing.text import train_causal_lm_tokenizer
+    from pathflip.demo.offline_tokenizers import train_causal_lm_tokenizer
 
     questions = ["Describe the slide.", "What is the diagnosis?", "Is there necrosis?", "A. B. C. yes no"]
     return train_causal_lm_tokenizer(CAPTIONS * 4 + questions * 4, vocab_size=400)
@@ -287,7 +288,7 @@ def hub_user(minihub, tmp_path_factory):
     import subprocess
     import sys
 
-    from model_cards.check_remote_code import PACKAGES, TASK_OPTIONS
+    from pathflip.model_cards.check_remote_code import PACKAGES, TASK_OPTIONS
 
     def load(repo_id: str, bag: dict, *, with_package: bool = False) -> dict:
         folder = tmp_path_factory.mktemp("hub_user")
@@ -304,3 +305,78 @@ def hub_user(minihub, tmp_path_factory):
         return torch.load(folder / "out.pt", weights_only=False)
 
     return load
+
+
+# ---- generated and real slides ------------------------------------------------------------------
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CMU = SHARED_DATA / "cmu-1-small-region.svs"
+TCGA = SHARED_DATA / "tcga-cr-7395-01a-01-ts1.svs"
+
+
+def tissue_image(height: int, width: int, seed: int, *, tissue: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """An H&E-like slide image: an elliptical piece of tissue (tumour + stroma halves) on white glass.
+
+    Returns the RGB image and the true tissue mask.
+    """
+    from pathflip.synthetic.textures import render_texture
+
+    rng = np.random.default_rng(seed)
+    image = render_texture("background", height, width, rng)
+    yy, xx = np.mgrid[0:height, 0:width]
+    mask = ((yy - height / 2) / (height * 0.35)) ** 2 + ((xx - width / 2) / (width * 0.35)) ** 2 < 1
+    if tissue:
+        left = render_texture("tumour", height, width, rng)
+        right = render_texture("stroma", height, width, rng)
+        tissue_pixels = np.where((xx < width / 2)[..., None], left, right)
+        image = np.where(mask[..., None], tissue_pixels, image)
+    return image.astype(np.uint8), mask & tissue
+
+
+@pytest.fixture(scope="session")
+def slide_factory(tmp_path_factory):
+    """Write a generated slide: ``slide_factory(name, layout=..., mpp=..., tissue=...) -> Path``."""
+    from pathflip.synthetic.textures import write_pyramid
+
+    folder = tmp_path_factory.mktemp("slides")
+
+    def make(
+        name: str,
+        *,
+        layout: str = "generic",
+        mpp: float | None = 0.5,
+        tissue: bool = True,
+        seed: int = 0,
+        size: tuple[int, int] = (1536, 2048),
+        compression: str | None = "jpeg",
+    ) -> Path:
+        path = folder / f"{name}.{'svs' if layout == 'aperio' else 'tiff'}"
+        if not path.exists():
+            image, _ = tissue_image(*size, seed, tissue=tissue)
+            write_pyramid(path, image, mpp=mpp, layout=layout, levels=3, compression=compression)
+        return path
+
+    return make
+
+
+def _shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path.name} not available (../shared/data is absent)")
+    return path
+
+
+@pytest.fixture
+def cmu_slide() -> Path:
+    """The real OpenSlide test slide (Aperio, one level, mpp 0.499); skips when ../shared/data is absent."""
+    return _shared(CMU)
+
+
+@pytest.fixture
+def tcga_slide() -> Path:
+    """The real TCGA slide (two levels, no mpp); skips when ../shared/data is absent."""
+    return _shared(TCGA)
+
+
+@pytest.fixture(scope="session")
+def make_tissue_image():
+    return tissue_image

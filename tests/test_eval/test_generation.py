@@ -1,11 +1,11 @@
-"""Evaluation of the LLM stage (`eval.generation`): captions and multiple-choice VQA through the pipeline."""
+"""Evaluation of the LLM stage (`pathflip.eval.generation`): captions and multiple-choice VQA through the pipeline."""
 
 from __future__ import annotations
 
 import pytest
 
-from eval.generation import diagnosis_rate, evaluate_generation
-from eval.text_metrics import caption_metrics, majority_baseline_accuracy, vqa_accuracy
+from pathflip.eval.generation import diagnosis_rate, evaluate_generation
+from pathflip.eval.text_metrics import caption_metrics, majority_baseline_accuracy, vqa_accuracy
 
 NAMES = ["invasive carcinoma", "carcinoma with necrosis", "reactive lymphoid hyperplasia"]
 
@@ -26,8 +26,9 @@ def test_evaluate_generation_equals_the_pipeline_outputs(tmp_path, generation_mo
     from transformers import pipeline
 
     from modeling_pathflip import save_pretrained_with_pipelines
-    from processing.bags import write_bags
-    from processing.instructions import choice_question, with_questions
+    from pathflip.processing.bags import write_bags
+    from pathflip.synthetic.questions import choice_question
+    from pathflip.training.records import with_questions
 
     model, processor = generation_model
     save_pretrained_with_pipelines(model, processor, tmp_path / "model")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from eval.metrics import (
+from pathflip.eval.metrics import (
     classification_metrics,
     grounding_auroc,
     grounding_metrics,

@@ -70,15 +70,15 @@ def test_grounding_module_reports_the_bad_query(offline_evaluate):
         metric.compute(scores=[[0.9, 0.1]], targets=[[1, 0, 0]])
 
 
-def test_load_metric_helper_and_direct_class(offline_evaluate, tmp_path, monkeypatch):
-    from eval.modules import METRIC_NAMES, load_metric
-    from eval.modules.grounding.grounding import Grounding
+def test_metric_path_and_direct_class(offline_evaluate, tmp_path, monkeypatch):
+    from pathflip.eval.modules import METRIC_NAMES, metric_path
+    from pathflip.eval.modules.grounding.grounding import Grounding
 
-    monkeypatch.chdir(tmp_path)  # the helper resolves the folder from the installed package, not the cwd
+    monkeypatch.chdir(tmp_path)  # the folder comes from the installed package, not the cwd
     assert set(METRIC_NAMES) == {path.name for path in MODULES.iterdir() if (path / f"{path.name}.py").is_file()}
-    metric = load_metric("grounding")
+    metric = evaluate.load(str(metric_path("grounding")))
     assert metric.compute(scores=[[0.9, 0.1, 0.8, 0.3]], targets=[[1, 0, 0, 1]])["grounding_auroc"] == 0.75
     direct = Grounding().compute(scores=[[0.2, 0.1, 0.95]], targets=[[0, 0, 1]])
     assert direct == {"grounding_auroc": 1.0, "pointing_game": 1.0, "grounding_queries": 1}
     with pytest.raises(ValueError, match="unknown metric 'bleu'; known metrics: grounding, slide_text_retrieval"):
-        load_metric("bleu")
+        metric_path("bleu")

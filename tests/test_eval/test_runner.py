@@ -10,14 +10,14 @@ import pytest
 import torch
 from transformers import pipeline
 
-from eval.metrics import retrieval_metrics
-from eval.runner import evaluate_model, markdown_table, write_report
 from modeling_pathflip import BAG_INPUT_NAMES
+from pathflip.eval.metrics import retrieval_metrics
+from pathflip.eval.runner import evaluate_model, markdown_table, write_report
 
 
 @pytest.fixture
 def labelled_dataset(tmp_path, bag_factory):
-    from processing.bags import write_bags
+    from pathflip.processing.bags import write_bags
 
     bags = [bag_factory(i, 10 + i) for i in range(4)]
     dataset = write_bags(bags, tmp_path / "bags.arrow", 16)
@@ -45,7 +45,7 @@ def test_metrics_match_direct_model_calls(model, processor, labelled_dataset):
 
 def test_missing_bag_columns_are_named(model, processor, labelled_dataset):
     extractor = pipeline("slide-feature-extraction", model=model, processor=processor)
-    with pytest.raises(ValueError, match="lacks bag columns"):
+    with pytest.raises(ValueError, match=r"lacks the feature-bag column\(s\) \[.coords.\]"):
         evaluate_model(extractor, labelled_dataset[0].remove_columns("coords"))
 
 
@@ -60,7 +60,7 @@ def test_report_and_table(tmp_path):
 
 def test_eval_command_writes_json_and_markdown(tmp_path, model, processor, labelled_dataset, capsys):
     from modeling_pathflip import save_pretrained_with_pipelines
-    from processing.cli import main
+    from pathflip.cli import main
 
     save_pretrained_with_pipelines(model, processor, tmp_path / "model")
     datasets.DatasetDict({"test": labelled_dataset[0]}).save_to_disk(str(tmp_path / "data"))

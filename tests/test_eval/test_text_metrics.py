@@ -1,4 +1,5 @@
-"""Captioning and VQA metrics (`eval.text_metrics`) and their `evaluate` modules, against hand-computed values."""
+"""Captioning and VQA metrics (`pathflip.eval.text_metrics`) and their `evaluate` modules, against hand-computed
+values."""
 
 import math
 
@@ -7,13 +8,13 @@ import pytest
 pytest.importorskip("nltk")
 pytest.importorskip("rouge_score")
 
-from eval.text_metrics import (  # noqa: E402
+from modeling_pathflip.options_pathflip import tokenize  # noqa: E402
+from pathflip.eval.text_metrics import (  # noqa: E402
     caption_metrics,
     majority_baseline_accuracy,
     meteor_score,
     vqa_accuracy,
 )
-from modeling_pathflip.options_pathflip import tokenize  # noqa: E402
 
 OPTIONS = ["invasive carcinoma", "carcinoma with necrosis", "reactive lymphoid hyperplasia", "carcinoma"]
 
@@ -61,7 +62,7 @@ def test_identical_captions():
 def test_bleu_agrees_with_nltk_corpus_bleu_when_every_caption_has_four_words():
     from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 
-    from eval.text_metrics import corpus_bleu_scores
+    from pathflip.eval.text_metrics import corpus_bleu_scores
 
     hypotheses = [tokenize(text) for text in ("the tumour is invasive here", "extensive necrosis of the tumour bed")]
     references = [
@@ -162,9 +163,11 @@ def test_vqa_errors():
 
 
 def test_captioning_module_agrees_with_function(offline_evaluate):
-    from eval.modules import load_metric
+    import evaluate
 
-    metric = load_metric("captioning")
+    from pathflip.eval.modules import metric_path
+
+    metric = evaluate.load(str(metric_path("captioning")))
     predictions = ["The tumour is invasive", "necrosis", ""]
     references = [["the tumour is benign", "an invasive tumour"], ["extensive necrosis"], ["normal tissue"]]
     metric.add_batch(predictions=predictions[:2], references=references[:2])
@@ -176,9 +179,11 @@ def test_captioning_module_agrees_with_function(offline_evaluate):
 
 
 def test_vqa_module_agrees_with_function(offline_evaluate):
-    from eval.modules import load_metric
+    import evaluate
 
-    metric = load_metric("vqa")
+    from pathflip.eval.modules import metric_path
+
+    metric = evaluate.load(str(metric_path("vqa")))
     predictions = ["B", "The answer is a tumour", "carcinoma with necrosis", "(A)"]
     answers = ["B", "A", "B", "C"]
     options = [OPTIONS, OPTIONS, OPTIONS, ["normal", "benign", "tumour"]]

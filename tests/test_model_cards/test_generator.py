@@ -6,8 +6,8 @@ import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
-from model_cards import write_model_card
 from modeling_pathflip import GENERATION_TASKS, TASKS, save_pretrained_with_pipelines
+from pathflip.model_cards import write_model_card
 
 
 def _reported(card: ModelCard) -> dict:

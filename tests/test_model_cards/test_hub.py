@@ -14,9 +14,9 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import pipeline
 
-from model_cards.check_remote_code import TASK_OPTIONS
-from model_cards.hub import NotPublishableError, check_model_folder, missing_parts, push_model
 from modeling_pathflip import save_pretrained_with_pipelines
+from pathflip.model_cards.check_remote_code import TASK_OPTIONS
+from pathflip.model_cards.hub import NotPublishableError, check_model_folder, missing_parts, push_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +90,7 @@ def test_push_creates_the_repo_and_branch_then_uploads_without_training_leftover
         def upload_folder(self, **options):
             calls.append(("upload_folder", options))
 
-    monkeypatch.setattr("model_cards.hub.check_model_folder", lambda folder: {})
+    monkeypatch.setattr("pathflip.model_cards.hub.check_model_folder", lambda folder: {})
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     push_model(folder, "lab/model", revision="dev", private=True, token="t0ken")
     assert calls[:3] == [
@@ -116,7 +116,7 @@ def test_a_folder_whose_code_fails_is_refused(folder):
 
 
 def _pathflip(env: dict, *arguments: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "processing.cli", *arguments]
+    command = [sys.executable, "-m", "pathflip.cli", *arguments]
     env = {**env, "PYTHONPATH": str(ROOT)}
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
@@ -155,7 +155,7 @@ def test_pushed_generation_model_generates_the_same_text_by_repo_id(minihub, hub
 def test_feature_bag_dataset_round_trips_through_the_hub(minihub, tmp_path, bag_factory):
     import datasets
 
-    from processing.bags import write_bags
+    from pathflip.processing.bags import write_bags
 
     splits = {}
     for split, indices in (("train", range(3)), ("test", range(3, 5))):
@@ -188,7 +188,7 @@ def test_a_dataset_with_wrong_columns_is_refused(tmp_path, bag_factory):
     import datasets
 
     datasets.Dataset.from_dict({"slide_id": ["a"], "caption": ["text"]}).save_to_disk(str(tmp_path / "bad"))
-    from model_cards.hub import push_dataset
+    from pathflip.model_cards.hub import push_dataset
 
     with pytest.raises(ValueError, match=r"split 'train'.* lacks the feature-bag column\(s\) \['features'"):
         push_dataset(tmp_path / "bad", "lab/bad")

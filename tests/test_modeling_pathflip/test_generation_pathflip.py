@@ -63,7 +63,7 @@ def test_labels_cover_exactly_the_target_tokens(generation_model, bag_factory):
 def test_training_steps_reduce_the_caption_loss(generation_model, bag_factory):
     model, processor = generation_model
     bags = _bags(bag_factory, (20, 9, 14, 11))
-    batch = processor(bags, "Describe the slide.", [bag["caption"] for bag in bags], training=True, sampling_round=0)
+    batch = processor(bags, "Describe the slide.", [bag["caption"] for bag in bags])
     model.train()
     model.freeze_for_stage("caption")
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]

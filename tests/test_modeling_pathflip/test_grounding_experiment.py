@@ -1,5 +1,5 @@
 """Grounding is learned without region labels: a tiny model trained on generated slides finds the region a
-sentence describes on held-out slides (DESIGN §6).
+sentence describes on held-out slides.
 
 Each generated slide is an 8 x 8 grid of rendered 128-px H&E patches (16 regions of 2 x 2 patches, the
 tiny config's ``region_grid_size``): fibrous stroma everywhere except one region of a distinct tissue, which
@@ -14,8 +14,9 @@ import torch
 from transformers import pipeline
 
 from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
-from processing.encoders import StainTextureEncoder
-from processing.synthetic import render_texture
+from pathflip.processing.encoders import StainTextureEncoder
+from pathflip.synthetic.textures import render_texture
+from pathflip.training.collator import PathFLIPCollator
 
 LESIONS = {"tumour": "dense tumour cells", "necrosis": "focal necrosis", "lymphocytes": "lymphocytes",
            "fat": "fat"}  # fmt: skip
@@ -75,9 +76,11 @@ def test_trained_grounding_finds_the_described_region_on_held_out_slides(tokeniz
     model, processor = PathFLIPModel(config), PathFLIPProcessor.from_model_config(tokenizer, config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
     model.train()
+    collator = PathFLIPCollator(processor)
     for step in range(240):
         order = np.random.default_rng(step).permutation(len(train))[:16]
-        loss = model(**processor([train[i] for i in order], training=True, sampling_round=step)).loss
+        collator.epoch = step  # a new draw of subcaptions every step
+        loss = model(**collator([train[i] for i in order])).loss
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

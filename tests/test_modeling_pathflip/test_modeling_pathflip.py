@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModel
 
 from modeling_pathflip import BAG_INPUT_NAMES, PathFLIPModel, PathFLIPOutput
+from pathflip.training.collator import PathFLIPCollator
 
 TISSUES = "tumour stroma necrosis fat lymphocytes nuclei carcinoma cells".split()
 PLACES = "left right upper lower".split()
@@ -138,7 +139,7 @@ def test_a_bag_alone_and_inside_a_batch_give_the_same_embeddings(model, processo
 def test_one_step_reaches_every_trainable_parameter(config, processor, bag_factory):
     torch.manual_seed(0)
     model = PathFLIPModel(config).train()
-    model(**processor([bag_factory(i, 25 + i) for i in range(4)], training=True)).loss.backward()
+    model(**processor([bag_factory(i, 25 + i) for i in range(4)])).loss.backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, f"{name} gets no gradient"
         assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
@@ -156,9 +157,10 @@ def test_sixty_steps_on_eight_bags_drive_the_loss_down(config_factory, processor
             f"{TISSUES[i].capitalize()} in the {PLACES[i % 4]} region. There are {i % 5 + 1} large "
             f"{TISSUES[(i + 3) % 8]} areas. The {TISSUES[(i + 5) % 8]} is dense."
         )
-    losses = []
-    for _ in range(60):
-        loss = model(**processor(bags, training=True)).loss
+    losses, collator = [], PathFLIPCollator(processor)  # fresh subcaptions every step, as in training
+    for step in range(60):
+        collator.epoch = step
+        loss = model(**collator(bags)).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -239,7 +241,7 @@ def _direct_grounding(model, batch, texts):
 def test_gradient_checkpointing_runs(config, processor, bag_factory):
     model = PathFLIPModel(copy.deepcopy(config)).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model(**processor([bag_factory(i, 20) for i in range(2)], training=True)).loss.backward()
+    model(**processor([bag_factory(i, 20) for i in range(2)])).loss.backward()
     assert model.query_tokens.grad is not None
 
 

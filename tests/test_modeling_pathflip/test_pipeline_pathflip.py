@@ -97,7 +97,7 @@ def test_grounding_heatmap_geojson_and_files_over_the_patch_grid(tmp_path, pipe,
 
 
 def test_every_input_type_gives_the_same_embedding(tmp_path, pipe, bag_factory):
-    from processing.bags import write_bags
+    from pathflip.processing.bags import write_bags
 
     bag = bag_factory(3, 25)
     extractor = pipe("slide-feature-extraction")
@@ -125,7 +125,7 @@ def test_every_input_type_gives_the_same_embedding(tmp_path, pipe, bag_factory):
 
 
 def test_a_slide_file_is_tiled_and_encoded(tmp_path, config_factory, tokenizer):
-    from processing.synthetic import render_texture, write_pyramid
+    from pathflip.synthetic.textures import render_texture, write_pyramid
 
     rng = np.random.default_rng(0)
     image = render_texture("background", 1024, 1024, rng)
@@ -208,7 +208,7 @@ def test_saved_folder_serves_every_task_with_and_without_the_package(tmp_path, m
 
 
 def test_retrieval_ranks_slides_for_a_text_and_texts_for_a_slide(tmp_path, pipe, model, processor, bag_factory):
-    from processing.bags import write_bags
+    from pathflip.processing.bags import write_bags
 
     bags = [bag_factory(i, 15 + 3 * i) for i in range(4)]
     dataset = write_bags(bags, tmp_path / "bags.arrow", 16)

@@ -1,3 +1,4 @@
+import json
 import random
 
 import numpy as np
@@ -6,6 +7,7 @@ import torch
 from transformers import AutoProcessor
 
 from modeling_pathflip import PathFLIPProcessor
+from modeling_pathflip.processing_pathflip import sample_regions
 
 
 def test_regions_are_real_4096px_windows(processor, bag_factory):
@@ -45,34 +47,45 @@ def test_text_only_call_tokenises_prompts(processor):
     assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape[0] == 2
 
 
-def test_eval_sampling_is_deterministic_and_training_sampling_is_random(tokenizer, config, bag_factory):
-    processor = PathFLIPProcessor.from_model_config(tokenizer, config, max_regions_train=2)
+def test_processor_draws_nothing_at_random(processor, bag_factory):
     bags = [bag_factory(0, 80), bag_factory(2, 80)]
-    first, second = processor(bags), processor(bags)
-    assert torch.equal(first["subcaption_input_ids"], second["subcaption_input_ids"])
-    assert first["region_attention_mask"].sum() > 4, "eval keeps every region"
     random.seed(0)
-    trained = processor(bags, training=True)
-    assert trained["region_attention_mask"].sum(1).tolist() == [2, 2]
-    kept = trained["patch_attention_mask"].sum(1)
-    index = trained["region_patch_index"]
-    for i in range(2):
-        assert sorted(index[i][index[i] >= 0].tolist()) == list(range(int(kept[i])))
-    draws = {tuple(processor(bags, training=True)["subcaption_input_ids"].flatten().tolist()) for _ in range(4)}
-    assert len(draws) > 1
+    first = processor(bags)
+    random.seed(1)
+    second = processor(bags)
+    assert torch.equal(first["subcaption_input_ids"], second["subcaption_input_ids"])
+    assert first["region_attention_mask"].sum() > 4, "every region is kept"
+
+
+def test_given_subcaptions_and_laid_out_bags_are_used_as_given(processor, bag_factory):
+    bags = [bag_factory(0, 80), bag_factory(1, 40)]
+    layouts = [sample_regions(layout, 2, random.Random(3)) for layout in processor.layout(bags)]
+    subcaptions = [["tumour .", "fat .", "stroma ."], ["necrosis .", "fat .", "tumour ."]]
+    batch = processor(layouts, text=[bag["caption"] for bag in bags], subcaptions=subcaptions)
+    assert batch["region_attention_mask"].sum(1).tolist() == [2, 2]
+    width = batch["subcaption_input_ids"].shape[-1]
+    expected = processor.tokenizer(subcaptions[1], padding="max_length", max_length=width, return_tensors="pt")
+    expected = expected["input_ids"]
+    assert torch.equal(batch["subcaption_input_ids"][1], expected)
+    with pytest.raises(ValueError, match="2 subcaptions, but the model takes num_subcaptions=3"):
+        processor(layouts, text=[bag["caption"] for bag in bags], subcaptions=[["a", "b"], ["c", "d"]])
 
 
 def test_save_and_load_round_trip(tmp_path, tokenizer, config, bag_factory):
-    processor = PathFLIPProcessor.from_model_config(tokenizer, config, max_regions_train=5, seed=7)
+    processor = PathFLIPProcessor.from_model_config(tokenizer, config, seed=7)
     processor.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, PathFLIPProcessor)
-    assert (loaded.max_regions_train, loaded.seed, loaded.patch_dim) == (5, 7, 16)
+    assert (loaded.seed, loaded.patch_dim) == (7, 16)
     bags = [bag_factory(0, 30), bag_factory(1, 12)]
     expected, got = processor(bags), loaded(bags)
     assert set(expected) == set(got)
     for key, value in expected.items():
         assert torch.equal(value, got[key]) if torch.is_tensor(value) else value == got[key]
+    # A folder saved by the first release records max_regions_train, which the collator owns now.
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    (tmp_path / "processor_config.json").write_text(json.dumps({**saved, "max_regions_train": 24}))
+    assert torch.equal(AutoProcessor.from_pretrained(tmp_path)(bags)["input_ids"], expected["input_ids"])
 
 
 def _shift_row(coords, row, by):
@@ -118,16 +131,10 @@ def test_region_positions_span_the_slide_from_0_to_1():
 def test_region_positions_survive_region_sampling_and_padding(processor, bag_factory):
     bag = bag_factory(0, 60)
     full = processor([bag], return_loss=False)
-    sampled = PathFLIPProcessor.from_model_config(processor.tokenizer, _config_of(processor), max_regions_train=2)
-    batch = sampled([bag, bag_factory(1, 5)], training=True, sampling_round=0, return_loss=False)
+    layouts = processor.layout([bag, bag_factory(1, 5)])
+    layouts[0] = sample_regions(layouts[0], 2, random.Random(0))
+    batch = processor(layouts, return_loss=False)
     kept = batch["region_positions"][0][batch["region_attention_mask"][0].bool()]
     everything = full["region_positions"][0].tolist()
     assert len(kept) == 2 and all(position in everything for position in kept.tolist())  # same scale as unsampled
     assert (batch["region_positions"][1][~batch["region_attention_mask"][1].bool()] == 0).all()
-
-
-def _config_of(processor):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(patch_dim=processor.patch_dim, region_grid_size=processor.region_grid_size,
-                           num_subcaptions=processor.num_subcaptions)  # fmt: skip

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from processing.encoders import HFBackboneEncoder, StainTextureEncoder, TimmEncoder, load_encoder
-from processing.synthetic import render_texture
+from pathflip.processing.encoders import HFBackboneEncoder, StainTextureEncoder, TimmEncoder, load_encoder
+from pathflip.synthetic.textures import render_texture
 
 KINDS = ("tumour", "stroma", "necrosis", "lymphocytes", "fat")
 PER_KIND = 10

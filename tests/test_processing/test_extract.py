@@ -9,9 +9,9 @@ import datasets
 import numpy as np
 import pytest
 
-from processing.encoders import load_encoder
-from processing.extract import ExtractionOptions, build_dataset, run_extraction
-from processing.tiler import TilingOptions
+from pathflip.processing.encoders import load_encoder
+from pathflip.processing.extract import ExtractionOptions, build_dataset, run_extraction
+from pathflip.processing.tiler import TilingOptions
 
 OPTIONS = ExtractionOptions(batch_size=16, num_workers=0)
 
@@ -19,7 +19,7 @@ OPTIONS = ExtractionOptions(batch_size=16, num_workers=0)
 def _cli(*args, **kwargs):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "processing.cli", *map(str, args)],
+        [sys.executable, "-m", "pathflip.cli", *map(str, args)],
         env=env,
         text=True,
         stdout=subprocess.PIPE,
@@ -136,7 +136,7 @@ def test_torchrun_splits_slides_across_processes_and_merges_them(tmp_path, slide
     slides = [slide_factory(f"split-{i}", seed=20 + i) for i in range(3)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(
-        [*torchrun, "-m", "processing.cli", "extract", *map(str, slides), "-o", str(tmp_path), "--num-workers", "0"],
+        [*torchrun, "-m", "pathflip.cli", "extract", *map(str, slides), "-o", str(tmp_path), "--num-workers", "0"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from modeling_pathflip.heatmap_pathflip import heatmap_raster, top_patches_geojson
-from processing.heatmap import overlay_png, write_geojson
+from pathflip.processing.heatmap import overlay_png, write_geojson
 
 COORDS = np.array([[0, 0], [512, 0], [0, 512], [1024, 1024]])
 SCORES = np.array([0.1, 0.7, 0.2, 0.4])
@@ -52,9 +52,9 @@ def test_geojson_is_valid_and_in_level0_pixels(tmp_path):
 
 def test_heatmap_command_writes_png_and_geojson_over_the_slide(tmp_path, slide_factory, tokenizer, config_factory):
     from modeling_pathflip import PathFLIPModel, PathFLIPProcessor, save_pretrained_with_pipelines
-    from processing.cli import main
-    from processing.encoders import load_encoder
-    from processing.extract import ExtractionOptions, run_extraction
+    from pathflip.cli import main
+    from pathflip.processing.encoders import load_encoder
+    from pathflip.processing.extract import ExtractionOptions, run_extraction
 
     slide = slide_factory("heatmap-slide")
     run_extraction([slide], tmp_path / "bags", load_encoder("stain-texture"), ExtractionOptions(num_workers=0))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from processing.importers import export_h5, import_h5_folder, import_pt_folder
+from pathflip.processing.importers import import_h5_folder, import_pt_folder
 
 # conftest sets this too; repeated here because these tests build datasets and must never reach the Hub.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -119,25 +119,6 @@ def test_captions(trident_folder, tmp_path, source):
         captions = path
     dataset = import_h5_folder(folder, captions=captions)
     assert dataset["caption"][:] == ["Invasive carcinoma.", None, "Benign fat."]
-
-
-def test_round_trip_h5_dataset_h5(trident_folder, tmp_path):
-    folder, arrays = trident_folder
-    write_trident(folder / "slide-d.h5", *make_arrays(4, seed=9), mpp=0.5)
-    paths = export_h5(import_h5_folder(folder), tmp_path / "exported")
-    assert [path.name for path in paths] == ["slide-a.h5", "slide-b.h5", "slide-c.h5", "slide-d.h5"]
-    assert sorted(os.listdir(tmp_path / "exported")) == [path.name for path in paths]  # no temporary files
-    for path in paths:
-        with h5py.File(folder / path.name, "r") as original, h5py.File(path, "r") as exported:
-            assert exported["features"].dtype == np.float32
-            assert np.array_equal(exported["features"][()], original["features"][()])
-            assert exported["coords"].dtype.kind == "i"
-            assert np.array_equal(exported["coords"][()], original["coords"][()])
-            assert exported["coords"].attrs["patch_size_level0"] == 512
-            assert exported["coords"].attrs.get("mpp") == original["coords"].attrs.get("mpp")
-    again = import_h5_folder(tmp_path / "exported")
-    assert again["encoder"][:] == ["uni_v1"] * 4
-    assert again["mpp"][:] == [None, None, None, 0.5]
 
 
 def test_output_folder_is_loadable_and_clean(trident_folder, tmp_path):

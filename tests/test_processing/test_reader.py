@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processing.reader import SlideError, SlideReader
+from pathflip.processing.reader import SlideError, SlideReader
 
 
 @pytest.mark.parametrize("layout", ["generic", "aperio"])

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from processing.reader import SlideError, SlideReader
-from processing.tiler import TilingOptions, tile_slide
-from processing.tissue import otsu_threshold, saturation, tissue_mask
+from pathflip.processing.reader import SlideError, SlideReader
+from pathflip.processing.tiler import TilingOptions, tile_slide
+from pathflip.processing.tissue import otsu_threshold, saturation, tissue_mask
 
 
 def test_otsu_splits_two_modes():

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from eval.text_metrics import caption_metrics
+from pathflip.eval.text_metrics import caption_metrics
 
 _DESCRIPTION = """
 Captioning of whole slide images. Each prediction is one generated caption, each reference the list of reference

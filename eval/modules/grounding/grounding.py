@@ -4,7 +4,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from eval.metrics import grounding_metrics
+from pathflip.eval.metrics import grounding_metrics
 
 _DESCRIPTION = """
 Sentence grounding in whole slide images. One query is a (slide, sentence) pair: `scores` holds a float per patch

@@ -4,7 +4,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from eval.metrics import retrieval_metrics
+from pathflip.eval.metrics import retrieval_metrics
 
 _DESCRIPTION = """
 Cross-modal retrieval between slides and their captions. Row i of `slide_embeds` and row i of `text_embeds` are a

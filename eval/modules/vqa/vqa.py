@@ -3,12 +3,12 @@
 import datasets
 import evaluate
 
-from eval.text_metrics import majority_baseline_accuracy, vqa_accuracy
+from pathflip.eval.text_metrics import majority_baseline_accuracy, vqa_accuracy
 
 _DESCRIPTION = """
 Multiple-choice visual question answering about whole slide images. Each prediction is one generated answer, each
 reference the true option letter ("A", "B", ...), and `options` the question's option texts in letter order.
-Answers are parsed with `eval.text_metrics.parse_option_letter` (a written letter such as "B", "(C)" or
+Answers are parsed with `pathflip.eval.text_metrics.parse_option_letter` (a written letter such as "B", "(C)" or
 "Answer: B", else the one option text the answer contains). Returns the accuracy (an unparsed answer counts as
 wrong), the fraction of answers that parsed and, for scale, the accuracy of always answering the most frequent
 true letter.

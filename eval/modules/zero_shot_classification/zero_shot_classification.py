@@ -4,13 +4,13 @@ import datasets
 import evaluate
 import numpy as np
 
-from eval.metrics import classification_metrics
+from pathflip.eval.metrics import classification_metrics
 
 _DESCRIPTION = """
 Zero-shot slide classification. Each prediction is one slide's probability vector over the classes (for example
-`eval.metrics.zero_shot_probabilities` of slide and class-prompt embeddings); each reference is the slide's integer
-label. Returns balanced accuracy and weighted F1 of the argmax, and macro one-vs-rest AUROC when every class occurs
-among the references (binary: AUROC of the class-1 probability).
+`pathflip.eval.metrics.zero_shot_probabilities` of slide and class-prompt embeddings); each reference is the
+slide's integer label. Returns balanced accuracy and weighted F1 of the argmax, and macro one-vs-rest AUROC when
+every class occurs among the references (binary: AUROC of the class-1 probability).
 """
 
 _KWARGS_DESCRIPTION = """

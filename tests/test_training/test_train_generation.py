@@ -21,8 +21,9 @@ def workspace(tmp_path_factory, config_factory, bag_factory, llm_tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
-    from processing.bags import write_bags
-    from processing.instructions import choice_question, with_questions
+    from pathflip.processing.bags import write_bags
+    from pathflip.synthetic.questions import choice_question
+    from pathflip.training.records import with_questions
     from tests.conftest import build_tokenizer, tiny_llm_config
 
     folder = tmp_path_factory.mktemp("llm_stages")

@@ -1,4 +1,4 @@
-"""Offline LLM decomposition of captions into subcaptions (DESIGN §8), written once as a column.
+"""Offline LLM decomposition of captions into subcaptions, written once as a column.
 
 Any local causal LM runs through a transformers ``text-generation`` pipeline; each caption becomes
 one finding per line. Captions the model returns nothing usable for keep the rule-based sentence

@@ -1,4 +1,4 @@
-"""LLM-stage records (`processing.instructions`): prompts and targets, cohort questions, dataset expansion."""
+"""LLM-stage records (`pathflip.training.records`): prompts and targets, dataset expansion."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from processing.instructions import cohort_questions, record_texts, with_questions, yes_no_question
+from pathflip.synthetic.questions import yes_no_question
+from pathflip.training.records import record_texts, with_questions
 
 
 def test_record_texts_of_caption_and_vqa_records():
@@ -20,19 +21,8 @@ def test_record_texts_of_caption_and_vqa_records():
         record_texts({"slide_id": "slide-4", "caption": " ", "question": ""})
 
 
-def test_cohort_questions_follow_the_findings_and_shuffle_options():
-    row = {"slide_id": "slide-0001", "diagnosis": "invasive carcinoma",
-           "findings": [{"tissue": "tumour"}, {"tissue": "fat"}, {"tissue": "stroma"}]}  # fmt: skip
-    questions = cohort_questions(row, seed=0)
-    truths = [q["options"]["ABC".index(q["answer"])] for q in questions]
-    assert truths == ["invasive carcinoma", "no", "no", "yes"]
-    assert questions == cohort_questions(row, seed=0), "deterministic"
-    letters = {yes_no_question("q", True, random.Random(seed))["answer"] for seed in range(20)}
-    assert letters == {"A", "B"}, "the right letter varies, so no letter is always right"
-
-
 def test_with_questions_adds_one_caption_record_and_the_questions_per_slide(bag_factory, tmp_path):
-    from processing.bags import write_bags
+    from pathflip.processing.bags import write_bags
 
     bags = write_bags([bag_factory(i, 10) for i in range(3)], tmp_path / "bags.arrow", 16)
     records = with_questions(bags, lambda row: [yes_no_question("Fat?", "fat" in row["caption"].lower(),

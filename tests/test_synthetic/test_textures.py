@@ -6,7 +6,7 @@ import numpy as np
 import openslide
 import pytest
 
-from processing.synthetic import TISSUE_TYPES, render_texture, write_pyramid
+from pathflip.synthetic.textures import TISSUE_TYPES, render_texture, write_pyramid
 
 HEIGHT, WIDTH = 768, 1024
 

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from processing.cli import main
+from pathflip.cli import main
 
 
 def test_doctor_reports_openslide_and_succeeds(capsys):
@@ -64,7 +64,7 @@ def saved_model(tmp_path, model, processor):
 
 @pytest.fixture
 def bag_dataset(tmp_path, bag_factory):
-    from processing.bags import save_dataset, write_bags
+    from pathflip.processing.bags import save_dataset, write_bags
 
     bags = [bag_factory(i, 12 + 4 * i) for i in range(3)]
     save_dataset(write_bags(bags, tmp_path / "bags.arrow", 16), tmp_path / "dataset")
@@ -113,7 +113,7 @@ def test_verbs_work_in_a_fresh_process_without_trust_remote_code(saved_model, ba
     import sys
 
     _, dataset = bag_dataset
-    command = [sys.executable, "-m", "processing.cli", "classify", saved_model, dataset, "--labels", "fat", "tumour"]
+    command = [sys.executable, "-m", "pathflip.cli", "classify", saved_model, dataset, "--labels", "fat", "tumour"]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )

@@ -3,8 +3,8 @@
 import datasets
 import pytest
 
-from processing.cli import main
-from processing.decompose import decompose_dataset, parse_findings
+from pathflip.cli import main
+from pathflip.training.decompose import decompose_dataset, parse_findings
 
 CAPTIONS = [
     "Invasive carcinoma with dense nuclei. Fibrous stroma in the left region.",
@@ -22,7 +22,7 @@ def test_parse_findings_takes_one_finding_per_line():
 def tiny_llm(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from processing.text import train_wordpiece_tokenizer
+    from pathflip.demo.offline_tokenizers import train_wordpiece_tokenizer
 
     folder = tmp_path_factory.mktemp("llm")
     tokenizer = train_wordpiece_tokenizer(CAPTIONS * 3 + ["Split the pathology report findings"], vocab_size=120)

@@ -1,14 +1,13 @@
 """Training records of the LLM stage: caption records and multiple-choice VQA records about a slide.
 
-A record is a feature-bag dataset row (DESIGN §3) plus, for VQA, ``question`` (string), ``options`` (list of
+A record is a feature-bag dataset row plus, for VQA, ``question`` (string), ``options`` (list of
 strings) and ``answer`` (the option letter). Rows without a question are caption records: the prompt is an
 instruction ("Describe the slide.") and the target the caption.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from modeling_pathflip.generation_pipeline_pathflip import DEFAULT_INSTRUCTION
@@ -41,53 +40,6 @@ def record_texts(row: Mapping[str, Any], caption_prompt: str = DEFAULT_INSTRUCTI
             f"option letters {letters}."
         )
     return multiple_choice_prompt(str(row["question"]), options), f"{options[letters.index(answer)]} ({answer})"
-
-
-class GenerationCollator:
-    """`Trainer` collator of the LLM stage: records -> processor batches with labels; regions are drawn from
-    (seed, epoch, slide id) so a resumed run redraws the same batches."""
-
-    def __init__(self, processor, caption_prompt: str = DEFAULT_INSTRUCTION):
-        self.processor = processor
-        self.caption_prompt = caption_prompt
-        self.epoch = 0
-
-    def __call__(self, rows: list[dict]):
-        prompts, targets = zip(*(record_texts(row, self.caption_prompt) for row in rows), strict=True)
-        return self.processor(rows, list(prompts), list(targets), training=True, sampling_round=self.epoch)
-
-
-def yes_no_question(question: str, truth: bool, rng: random.Random) -> dict:
-    """A two-option question, options in random order."""
-    options = ["yes", "no"]
-    rng.shuffle(options)
-    return {
-        "question": question,
-        "options": options,
-        "answer": option_letters(2)[options.index("yes" if truth else "no")],
-    }
-
-
-def choice_question(question: str, choices: Sequence[str], truth: str, rng: random.Random) -> dict:
-    """A question over ``choices`` in random order, ``truth`` among them."""
-    options = list(choices)
-    rng.shuffle(options)
-    return {"question": question, "options": options, "answer": option_letters(len(options))[options.index(truth)]}
-
-
-def cohort_questions(row: Mapping[str, Any], seed: int = 0) -> list[dict]:
-    """VQA records about one generated cohort slide (a `cohort.jsonl` row): its diagnosis and which findings
-    are present; options are shuffled per slide (seeded), so no letter is a safe guess."""
-    from .cohort import DIAGNOSES
-
-    rng = random.Random(f"{seed}:{row['slide_id']}")
-    tissues = {finding["tissue"] for finding in row["findings"]}
-    return [
-        choice_question("What is the diagnosis?", DIAGNOSES, row["diagnosis"], rng),
-        yes_no_question("Is there necrosis in this slide?", "necrosis" in tissues, rng),
-        yes_no_question("Are lymphocytic infiltrates present?", "lymphocytes" in tissues, rng),
-        yes_no_question("Is adipose tissue present?", "fat" in tissues, rng),
-    ]
 
 
 def with_questions(dataset, questions_of, *, keep_captions: bool = True):

@@ -5,20 +5,19 @@ place; the diagnosis follows from the kinds present (`diagnosis_of`). Output fol
 
     generator.json          generator version and seed (a rerun into the folder must match them)
     slides/<slide_id>.tif   pyramidal TIFF, 3 levels, level 0 at 0.5 um/px (OpenSlide vendor generic-tiff)
-    masks/<slide_id>.png    uint8 labels (index into synthetic.TISSUE_TYPES) at 1 / MASK_DOWNSAMPLE
+    masks/<slide_id>.png    uint8 labels (index into textures.TISSUE_TYPES) at 1 / MASK_DOWNSAMPLE
     cohort.jsonl            one row per slide, written last
 
-Slides are mosaics of crops of a texture bank (`synthetic.render_texture`, once per seed: rendering each slide
+Slides are mosaics of crops of a texture bank (`textures.render_texture`, once per seed: rendering each slide
 costs ~2 s); a slide's stain factor scales optical density. Slide files depend on (seed, index) only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .synthetic import TISSUE_TYPES, render_texture, write_pyramid
+from ..files import atomic_path, write_text
+from .textures import TISSUE_TYPES, render_texture, write_pyramid
 
 DIAGNOSES = ("invasive carcinoma", "carcinoma with necrosis", "reactive lymphoid hyperplasia")
 MASK_DOWNSAMPLE = 16
@@ -62,11 +62,6 @@ fat: An island of fat | Islands of fat
 """
 _LINES = [line.split(": ", 1) for line in _PHRASINGS.strip().splitlines()]
 _PHRASES = {kind: [text.split(" | ") for other, text in _LINES if other == kind] for kind, _ in _LINES}
-
-
-def class_prompts() -> list[str]:
-    """The zero-shot class prompts: the diagnosis names, in label order."""
-    return list(DIAGNOSES)
 
 
 def diagnosis_of(tissues: Iterable[str]) -> int | None:
@@ -222,7 +217,7 @@ def _plan_slide(seed: int, index: int) -> _Plan:
         if diagnosis_of(present) == label:
             plan.caption, plan.findings = _caption(label, lesions, present, box, rng)
             return plan
-    raise RuntimeError(f"slide {index} of seed {seed}: no lesion layout fits (a bug in processing.cohort)")
+    raise RuntimeError(f"slide {index} of seed {seed}: no lesion layout fits (a bug in pathflip.synthetic.cohort)")
 
 
 @functools.lru_cache(maxsize=2)
@@ -272,27 +267,16 @@ def _paths(index: int) -> tuple[str, str, str]:
     return slide_id, f"slides/{slide_id}.tif", f"masks/{slide_id}.png"
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary name next to ``path``; move it into place only when the block succeeds."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _make_slide(root: Path, seed: int, index: int) -> dict:
     """Plan slide ``index``, write whichever of its files are missing and return its row (split left blank)."""
     plan = _plan_slide(seed, index)
     _, slide, mask = _paths(index)
     if not (root / mask).exists():
-        with _atomic(root / mask) as temporary:
+        with atomic_path(root / mask) as temporary:
             Image.fromarray(plan.mask).save(temporary, format="PNG")
     if not (root / slide).exists():
         image = _slide_image(plan, seed, index)
-        with _atomic(root / slide) as temporary:
+        with atomic_path(root / slide) as temporary:
             write_pyramid(temporary, image, mpp=MPP, layout="generic", levels=3)
     row = {"slide_id": plan.slide_id, "split": "", "label": plan.label, "diagnosis": DIAGNOSES[plan.label]}
     row |= {"caption": plan.caption, "findings": plan.findings, "slide": slide, "mask": mask}
@@ -334,11 +318,10 @@ def generate_cohort(
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
         raise ValueError(f"num_workers must be a positive int or None, got {num_workers!r}")
-    root, generator = Path(output_dir), {"generator": "processing.cohort", "version": GENERATOR_VERSION, "seed": seed}
+    root = Path(output_dir)
+    generator = {"generator": "pathflip.synthetic.cohort", "version": GENERATOR_VERSION, "seed": seed}
     if not (root / "generator.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        with _atomic(root / "generator.json") as temporary:
-            temporary.write_text(json.dumps(generator) + "\n")
+        write_text(root / "generator.json", json.dumps(generator) + "\n")
     elif (found := json.loads((root / "generator.json").read_text())) != generator:
         raise ValueError(f"{root} holds a cohort made with {found}, not {generator}; use another output_dir")
     for folder in ("slides", "masks"):
@@ -351,8 +334,7 @@ def generate_cohort(
         rows += tqdm(jobs, total=num_slides, desc="synthetic slides", unit="slide", disable=not progress)
     for row, split in zip(rows, _splits([row["label"] for row in rows], seed, test_fraction), strict=True):
         row["split"] = split
-    with _atomic(root / "cohort.jsonl") as temporary:
-        temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_text(root / "cohort.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     return rows
 
 
@@ -360,7 +342,7 @@ def load_cohort(output_dir: str | Path) -> list[dict]:
     """The rows of ``output_dir/cohort.jsonl``."""
     path = Path(output_dir) / "cohort.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run processing.cohort.generate_cohort({str(output_dir)!r})")
+        raise FileNotFoundError(f"{path} does not exist: generate it with generate_cohort({str(output_dir)!r})")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

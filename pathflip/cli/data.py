@@ -1,0 +1,147 @@
+"""Verbs on slides and feature-bag datasets: tile, extract, import, decompose."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..files import write_text
+from ..processing.tiler import TilingOptions
+
+
+def _tiling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slides", nargs="+", help="slide files or folders of slides")
+    parser.add_argument("--output", "-o", required=True, help="output folder")
+    parser.add_argument("--mpp", type=float, help="microns per level-0 pixel (overrides slide metadata)")
+    parser.add_argument("--target-mpp", type=float, default=0.5, help="patch resolution (default 0.5, ~20x)")
+    parser.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (default 256)")
+    parser.add_argument("--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a patch")
+
+
+def _tiling_options(args: argparse.Namespace) -> TilingOptions:
+    return TilingOptions(target_mpp=args.target_mpp, patch_size=args.patch_size, min_tissue_fraction=args.min_tissue)
+
+
+def command_tile(args: argparse.Namespace) -> int:
+    """Tile slides: tissue overlays and patch coordinates, without features."""
+    from ..processing.extract import find_slides
+    from ..processing.reader import SlideError, SlideReader
+    from ..processing.tiler import tile_slide
+    from ..processing.tissue import save_overlay
+
+    output, failures = Path(args.output), {}
+    for path in find_slides(args.slides):
+        try:
+            with SlideReader(path, mpp=args.mpp) as reader:
+                tiling = tile_slide(reader, _tiling_options(args))
+        except SlideError as error:
+            failures[path.stem] = str(error)
+            continue
+        save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{tiling.slide_id}.png")
+        record = {
+            "slide_id": tiling.slide_id,
+            "patch_size_level0": tiling.patch_size_level0,
+            "mpp": tiling.mpp,
+            "coords": tiling.coords.tolist(),
+        }
+        write_text(output / "coords" / f"{tiling.slide_id}.json", json.dumps(record))
+        print(f"{tiling.slide_id}: {len(tiling.coords)} patches of {tiling.patch_size_level0} level-0 px")
+    return _report_failures(failures)
+
+
+def command_extract(args: argparse.Namespace) -> int:
+    """Extract feature bags into a resumable output folder and a `datasets` dataset."""
+    from ..processing.encoders import load_encoder
+    from ..processing.extract import ExtractionOptions, find_slides, run_extraction
+
+    options = ExtractionOptions(
+        tiling=_tiling_options(args),
+        mpp=args.mpp,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        parquet=args.parquet,
+    )
+    report = run_extraction(find_slides(args.slides), args.output, load_encoder(args.encoder), options)
+    if report.is_main_process:
+        print(report.summary())
+        if report.dataset:
+            print(f"dataset: {report.dataset}")
+    return 1 if report.failed else 0
+
+
+def command_import(args: argparse.Namespace) -> int:
+    """Import TRIDENT/CLAM .h5 or .pt bags into a feature-bag dataset."""
+    from ..processing import importers
+
+    options = {
+        "output": args.output,
+        "patch_size_level0": args.patch_size_level0,
+        "mpp": args.mpp,
+        "captions": args.captions,
+    }
+    if args.coords_dir:
+        dataset = importers.import_pt_folder(args.folder, coords_dir=args.coords_dir, **options)
+    else:
+        dataset = importers.import_h5_folder(args.folder, **options)
+    print(f"{len(dataset)} slides -> {args.output}")
+    return 0
+
+
+def command_decompose(args: argparse.Namespace) -> int:
+    """Decompose captions into a `subcaptions` column with a local causal LM."""
+    import datasets
+
+    from ..processing.bags import save_dataset
+    from ..training.decompose import decompose_dataset
+
+    loaded = datasets.load_from_disk(args.dataset)
+    splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"": loaded}
+    result = {}
+    for name, split in splits.items():
+        result[name], report = decompose_dataset(
+            split, args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+        )
+        print(f"{name or 'dataset'}: {report.rows} captions, {report.fallbacks} kept the rule-based split")
+    save_dataset(datasets.DatasetDict(result) if isinstance(loaded, datasets.DatasetDict) else result[""], args.output)
+    return 0
+
+
+def _report_failures(failures: dict[str, str]) -> int:
+    for reason in failures.values():
+        print(f"FAILED {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def add_verbs(commands) -> None:
+    """tile, extract, import, decompose: slides and feature-bag datasets."""
+    tile = commands.add_parser("tile", help=command_tile.__doc__)
+    _tiling_arguments(tile)
+    tile.set_defaults(run=command_tile)
+
+    extract = commands.add_parser("extract", help=command_extract.__doc__)
+    _tiling_arguments(extract)
+    extract.add_argument("--encoder", default="stain-texture", help="stain-texture, a HF path/id, or timm:<name>")
+    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--num-workers", type=int, default=2, help="slide-reading worker processes")
+    extract.add_argument("--parquet", action="store_true", help="also write parquet shards")
+    extract.set_defaults(run=command_extract)
+
+    importer = commands.add_parser("import", help=command_import.__doc__)
+    importer.add_argument("folder", help="folder of .h5 files (or of .pt files with --coords-dir)")
+    importer.add_argument("--output", "-o", required=True, help="dataset folder to write")
+    importer.add_argument("--coords-dir", help="CLAM/TRIDENT patches .h5 folder holding the coords of .pt bags")
+    importer.add_argument("--patch-size-level0", type=int, help="patch side in level-0 px, if the files lack it")
+    importer.add_argument("--mpp", type=float, help="microns per level-0 pixel, if the files lack it")
+    importer.add_argument("--captions", help="CSV or JSON with slide_id and caption columns")
+    importer.set_defaults(run=command_import)
+
+    decompose = commands.add_parser("decompose", help=command_decompose.__doc__)
+    decompose.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
+    decompose.add_argument("--model", required=True, help="local causal LM folder or Hub id")
+    decompose.add_argument("--output", "-o", required=True, help="dataset folder to write")
+    decompose.add_argument("--batch-size", type=int, default=8)
+    decompose.add_argument("--max-new-tokens", type=int, default=200)
+    decompose.set_defaults(run=command_decompose)
+

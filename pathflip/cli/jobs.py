@@ -1,0 +1,53 @@
+"""Whole jobs: train (the same as train.py) and demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TRAIN_HELP = "pretrain or fine-tune with the HF Trainer (the same as train.py; `pathflip train --help` lists options)"
+
+
+def command_train(arguments: list[str]) -> int:
+    """Run training with the command line after `train` (HfArgumentParser options, as train.py takes them)."""
+    from ..training.run import main
+
+    main(arguments, prog="pathflip train")
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    """The whole job on a generated cohort: features, pretraining, evaluation, heatmaps, a Hub-ready folder,
+    then captioning and VQA with a small LLM."""
+    from ..demo import DemoOptions, run_demo
+
+    options = DemoOptions(output=Path(args.output), seed=args.seed, num_slides=args.num_slides,
+                          max_steps=args.max_steps, ablation=args.ablation, text_model=args.text_model,
+                          learning_rate=args.learning_rate, llm_steps=args.llm_steps,
+                          real_slides=Path(args.real_slides) if args.real_slides else None)  # fmt: skip
+    run_demo(options)
+    return 0
+
+
+def add_verbs(commands) -> None:
+    """train and demo."""
+    # `train` takes the Trainer's own options: `main` hands its arguments over before argparse sees them.
+    commands.add_parser("train", help=TRAIN_HELP, add_help=False)
+    demo = commands.add_parser("demo", help=command_demo.__doc__)
+    demo.add_argument("--output", "-o", default="demo_output", help="folder for everything (default demo_output)")
+    demo.add_argument("--seed", type=int, default=0, help="cohort, split and training seed")
+    demo.add_argument("--num-slides", type=int, default=150)
+    demo.add_argument("--max-steps", type=int, default=200, help="training steps")
+    demo.add_argument("--learning-rate", type=float, default=5e-4)
+    demo.add_argument("--llm-steps", type=int, default=300, help="steps of each LLM stage (0: skip captioning/VQA)")
+    demo.add_argument("--ablation", choices=["no-region-loss", "no-tra"], help="train an ablated model instead")
+    demo.add_argument(
+        "--text-model",
+        choices=["auto", "minilm", "scratch"],
+        default="auto",
+        help="text tower: all-MiniLM-L6-v2 (frozen), a small BERT from scratch, or minilm when installed",
+    )
+    demo.add_argument("--real-slides", default="../shared/data",
+                      help="folder with cmu-1-small-region.svs, tiled and grounded as a real-slide check (if there)")
+    demo.set_defaults(run=command_demo)
+

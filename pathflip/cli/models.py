@@ -1,0 +1,150 @@
+"""Verbs on a trained model: heatmap, classify, retrieve, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def command_heatmap(args: argparse.Namespace) -> int:
+    """Ground sentences in a slide: heatmap PNG over the thumbnail (or the patch grid) and GeoJSON."""
+    grounder = _pipeline("slide-grounding", args)
+    options = {"patch_encoder": args.patch_encoder, "mpp": args.mpp, "top_k": args.top_k, "output_dir": args.output}
+    for result in grounder(args.input, sentences=args.sentence, slide=args.slide, **options):
+        print(f"{result['sentence']!r}: {result['png_file']} {result['geojson_file']}")
+    return 0
+
+
+def command_classify(args: argparse.Namespace) -> int:
+    """Zero-shot slide classification: one JSON line per slide with the ranked labels."""
+    from ..processing.inputs import load_bags
+
+    classifier = _pipeline("zero-shot-slide-classification", args)
+    templates = {"hypothesis_template": args.template} if args.template else {}
+    records = []
+    for source in args.inputs:
+        for bag in load_bags(source, encoder=args.patch_encoder, mpp=args.mpp):
+            ranked = classifier(bag, candidate_labels=args.labels, top_k=args.top_k, **templates)
+            records.append({"slide_id": bag.get("slide_id") or str(source), "predictions": ranked})
+    _emit(records, args.output)
+    return 0
+
+
+def command_retrieve(args: argparse.Namespace) -> int:
+    """Text -> slides of a dataset (--query), or slide -> candidate texts (--slide): JSON lines."""
+    import datasets
+
+    from ..processing.bags import save_dataset
+    from ..processing.inputs import load_bags
+
+    retriever = _pipeline("slide-text-retrieval", args)
+    if args.slide:
+        if not args.text:
+            raise ValueError("--slide ranks candidate texts: give them with --text (repeatable).")
+        records = []
+        for bag in load_bags(args.slide, encoder=args.patch_encoder, mpp=args.mpp):
+            matches = retriever(bag, candidate_texts=args.text, top_k=args.top_k)
+            records.append({"slide_id": bag.get("slide_id") or args.slide, "matches": matches})
+    else:
+        if not (args.index and args.query):
+            raise ValueError("give --index DATASET with --query TEXT (repeatable), or --slide INPUT with --text.")
+        index = datasets.load_from_disk(args.index)
+        if "slide_embedding" not in index.column_names:  # a feature-bag dataset: embed its slides once
+            index = retriever.build_index(index, use_faiss=False)  # save_to_disk refuses attached FAISS indexes
+            if args.save_index:
+                save_dataset(index, args.save_index)
+        records = [{"query": query, "matches": retriever(query, index=index, top_k=args.top_k)} for query in args.query]
+    _emit(records, args.output)
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    """Evaluate a model on a feature-bag dataset: metrics.json and metrics.md (zero-shot, retrieval and
+    grounding for an alignment model; captions and VQA for an LLM-stage model)."""
+    import datasets
+    from transformers import AutoConfig
+
+    from ..eval.generation import evaluate_generation
+    from ..eval.runner import evaluate_model, write_report
+
+    loaded = datasets.load_from_disk(args.dataset)
+    if isinstance(loaded, datasets.DatasetDict):
+        if args.split not in loaded:
+            raise ValueError(f"{args.dataset} has splits {list(loaded)}; choose one with --split.")
+        loaded = loaded[args.split]
+    model_type = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).model_type
+    evaluate = evaluate_generation if model_type == "pathflip_generation" else evaluate_model
+    metrics = evaluate(args.model, loaded, class_names=args.class_names, trust_remote_code=args.trust_remote_code)
+    path = write_report(metrics, args.output)
+    print((path.parent / "metrics.md").read_text())
+    return 0
+
+
+def _pipeline(task: str, args: argparse.Namespace):
+    """``transformers.pipeline(task, model=args.model)`` with the PathFLIP tasks registered."""
+    from transformers import pipeline
+
+    import modeling_pathflip  # noqa: F401  (registers the tasks, so no trust_remote_code is needed)
+
+    return pipeline(task, model=args.model, trust_remote_code=args.trust_remote_code)
+
+
+def _emit(records: list[dict], output: str | None) -> None:
+    """Print records as JSON lines, and write them to ``output`` when given."""
+    lines = [json.dumps(record) for record in records]
+    print("\n".join(lines))
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text("\n".join(lines) + "\n")
+
+
+def _model_input_arguments(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
+    parser.add_argument("--patch-encoder", help="encoder for slide inputs (the model's patch encoder)")
+    parser.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides without it")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
+    if json_output:
+        parser.add_argument("--output", "-o", help="also write the JSON lines to this file")
+
+
+def add_verbs(commands) -> None:
+    """heatmap, classify, retrieve, eval: a trained model's pipelines and its evaluation."""
+    heatmap = commands.add_parser("heatmap", help=command_heatmap.__doc__)
+    heatmap.add_argument("model", help="a PathFLIP folder or Hub id")
+    heatmap.add_argument("input", help="a bag (.h5, extracted .safetensors, dataset folder) or a slide file")
+    heatmap.add_argument("--sentence", "-s", action="append", required=True, help="text to ground (repeatable)")
+    heatmap.add_argument("--output", "-o", required=True, help="folder for the PNG and GeoJSON files")
+    heatmap.add_argument("--slide", help="the slide, for a thumbnail background when input is a bag")
+    heatmap.add_argument("--top-k", type=int, default=20, help="patches written to the GeoJSON")
+    _model_input_arguments(heatmap, json_output=False)
+    heatmap.set_defaults(run=command_heatmap)
+
+    classify = commands.add_parser("classify", help=command_classify.__doc__)
+    classify.add_argument("model", help="a PathFLIP folder or Hub id")
+    classify.add_argument("inputs", nargs="+", help="bags (.h5, .safetensors), dataset folders or slide files")
+    classify.add_argument("--labels", nargs="+", required=True, help="candidate class names")
+    classify.add_argument("--template", action="append", help="prompt template with {} (repeatable: an ensemble)")
+    classify.add_argument("--top-k", type=int, help="labels to report per slide (default: all)")
+    _model_input_arguments(classify)
+    classify.set_defaults(run=command_classify)
+
+    retrieve = commands.add_parser("retrieve", help=command_retrieve.__doc__)
+    retrieve.add_argument("model", help="a PathFLIP folder or Hub id")
+    retrieve.add_argument("--index", help="feature-bag dataset folder, or one saved with --save-index")
+    retrieve.add_argument("--query", action="append", help="text to search slides for (repeatable)")
+    retrieve.add_argument("--save-index", help="save the embedded dataset here, to reuse with --index")
+    retrieve.add_argument("--slide", help="a bag or slide to rank --text candidates for")
+    retrieve.add_argument("--text", action="append", help="candidate text for --slide (repeatable)")
+    retrieve.add_argument("--top-k", type=int, default=5)
+    _model_input_arguments(retrieve)
+    retrieve.set_defaults(run=command_retrieve)
+
+    evaluate = commands.add_parser("eval", help=command_eval.__doc__)
+    evaluate.add_argument("model", help="a PathFLIP folder or Hub id")
+    evaluate.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
+    evaluate.add_argument("--split", default="test", help="split of a DatasetDict (default test)")
+    evaluate.add_argument("--class-names", nargs="+", help="zero-shot classes (default: the label column's names)")
+    evaluate.add_argument("--output", "-o", required=True, help="folder for metrics.json and metrics.md")
+    evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
+    evaluate.set_defaults(run=command_eval)
+

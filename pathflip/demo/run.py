@@ -1,0 +1,36 @@
+"""`pathflip demo`: the whole job on a generated cohort, offline, in minutes on a CPU.
+
+slides -> tissue -> patches -> features -> pretraining -> held-out evaluation -> heatmaps -> a Hub-ready
+folder reloaded through `pipeline()` -> captioning and VQA with a small LLM. Every step resumes.
+"""
+
+from __future__ import annotations
+
+from ..eval.runner import write_report
+from .alignment import build_dataset, evaluate, showcase, train, train_options, write_card
+from .llm import run_llm_stage, showcase_generation
+from .options import ABLATIONS, DemoOptions
+
+
+def run_demo(options: DemoOptions) -> dict:
+    """Every step; returns the held-out metrics (also in ``metrics.json``)."""
+    if options.ablation not in (None, *ABLATIONS):
+        raise ValueError(f"unknown ablation {options.ablation!r}; choose one of {sorted(ABLATIONS)}.")
+    options.output.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(options)
+    run_dir = options.output if options.ablation is None else options.output / f"ablation-{options.ablation}"
+    patch_dim = len(dataset["train"][0]["features"][0])
+    model_dir = train(options, run_dir, patch_dim)
+    metrics = evaluate(model_dir, dataset, run_dir)
+    minilm = "--freeze_text_model" in train_options(run_dir)
+    write_card(model_dir, metrics, options, minilm)
+    lines = showcase(model_dir, dataset, options) if options.ablation is None else []
+    if options.ablation is None and options.llm_steps:
+        generation_dir, generation_metrics = run_llm_stage(options, dataset, model_dir, options.llm_steps)
+        write_card(generation_dir, generation_metrics, options, minilm)
+        metrics.update(generation_metrics)
+        write_report(metrics, run_dir)
+        lines += showcase_generation(generation_dir, dataset)
+    print("\n".join(["", *lines, "", f"held-out metrics (seed {options.seed}, {metrics['slides']} slides):"]))
+    print((run_dir / "metrics.md").read_text())
+    return metrics

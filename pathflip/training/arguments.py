@@ -1,0 +1,62 @@
+"""The command-line arguments of `pathflip train` / train.py (parsed by `HfArgumentParser`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modeling_pathflip.generation_pipeline_pathflip import DEFAULT_INSTRUCTION
+
+from ..eval.spec import ZERO_SHOT_TEMPLATES
+
+STAGES = ("align", "caption", "instruct")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "A PathFLIP folder to fine-tune."})
+    config_name: str | None = field(default=None, metadata={"help": "A PathFLIP config (folder or JSON)."})
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A pretrained BERT-like folder: initialises the text tower and tokenizer."}
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder (default: text model)."})
+    freeze_text_model: bool = field(default=False, metadata={"help": "Keep the text tower's weights fixed."})
+    stage: str = field(
+        default="align",
+        metadata={
+            "help": "align: PathFLIP pretraining. caption: LLM stage 1, the projector alone on captions (PathFLIP "
+            "and the LLM frozen). instruct: stage 2, the projector and LoRA adapters on captions and VQA records.",
+            "choices": STAGES,
+        },
+    )
+    llm_name_or_path: str | None = field(
+        default=None, metadata={"help": "caption stage from an alignment model: the causal LM (folder or Hub id)."}
+    )
+    max_visual_tokens: int = field(default=65, metadata={"help": "LLM stage: slide token + at most this - 1 regions."})
+    lora_r: int = field(default=8, metadata={"help": "instruct stage: LoRA rank."})
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "LLM modules that get LoRA adapters (default: peft's choice for the LLM)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name_or_path: str = field(metadata={"help": "A save_to_disk folder or a `load_dataset` name."})
+    train_split: str = field(default="train")
+    eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation (default: none)."})
+    features_column: str = field(default="features", metadata={"help": "Column of the [N, D] patch features."})
+    coords_column: str = field(default="coords", metadata={"help": "Column of the [N, 2] level-0 coordinates."})
+    caption_column: str = field(default="caption")
+    question_column: str = field(default="question", metadata={"help": "LLM stage: the VQA question column."})
+    options_column: str = field(default="options", metadata={"help": "LLM stage: the VQA options (list of texts)."})
+    answer_column: str = field(default="answer", metadata={"help": "LLM stage: the VQA answer (option letter)."})
+    caption_prompt: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "LLM stage: instruction of captions."})
+    label_column: str = field(default="label")
+    num_subcaptions: int | None = field(default=None, metadata={"help": "Subcaptions per slide (default: config)."})
+    max_regions: int | None = field(default=24, metadata={"help": "Regions sampled per slide in training."})
+    class_names: list[str] | None = field(default=None, metadata={"help": "Zero-shot class names, label order."})
+    prompt_templates: list[str] = field(
+        default_factory=lambda: list(ZERO_SHOT_TEMPLATES),
+        metadata={"help": "Zero-shot prompt ensemble; '{}' is replaced by the class name (default: pathflip eval's)."},
+    )

@@ -1,0 +1,18 @@
+"""Multiple-choice questions about generated cohort slides (`pathflip.synthetic.questions`)."""
+
+from __future__ import annotations
+
+import random
+
+from pathflip.synthetic.questions import cohort_questions, yes_no_question
+
+
+def test_cohort_questions_follow_the_findings_and_shuffle_options():
+    row = {"slide_id": "slide-0001", "diagnosis": "invasive carcinoma",
+           "findings": [{"tissue": "tumour"}, {"tissue": "fat"}, {"tissue": "stroma"}]}  # fmt: skip
+    questions = cohort_questions(row, seed=0)
+    truths = [q["options"]["ABC".index(q["answer"])] for q in questions]
+    assert truths == ["invasive carcinoma", "no", "no", "yes"]
+    assert questions == cohort_questions(row, seed=0), "deterministic"
+    letters = {yes_no_question("q", True, random.Random(seed))["answer"] for seed in range(20)}
+    assert letters == {"A", "B"}, "the right letter varies, so no letter is always right"
