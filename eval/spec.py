@@ -13,8 +13,9 @@ ZERO_SHOT_TEMPLATES = ("{}.", "Diagnosis: {}.", "The findings are consistent wit
 
 
 def zero_shot_logit_scale(model) -> float:
-    """The scale of the zero-shot softmax: the model's learned contrastive temperature, clamped as in training."""
-    return float(model.logit_scale.detach().exp().clamp(max=model.config.logit_scale_max))
+    """The scale of the zero-shot softmax: the model's own (PathFLIP: its learned inverse temperature, clamped as in
+    training; PathFLIP2: its SigLIP scale)."""
+    return float(model.zero_shot_logit_scale().detach())
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from ..eval.spec import METRICS
 TEMPLATE = Path(__file__).with_name("template.md")
 TAGS = ["pathology", "histopathology", "whole-slide-image", "pathflip", "vision-language", "multiple-instance-learning"]
 # A Hub task id per model type (the custom pipeline names are not Hub tasks).
-PIPELINE_TAGS = {"pathflip": "zero-shot-image-classification", "pathflip_generation": "image-text-to-text"}
+PIPELINE_TAGS = {"pathflip": "zero-shot-image-classification", "pathflip2": "zero-shot-image-classification",
+                 "pathflip_generation": "image-text-to-text"}  # fmt: skip
 USAGE = {
     "zero-shot-slide-classification": 'classify = pipeline("zero-shot-slide-classification", {load})\n'
     'classify(bag, candidate_labels=["invasive carcinoma", "reactive lymphoid hyperplasia"])',
@@ -27,6 +28,9 @@ USAGE = {
     'generate(bag, question="Is there necrosis?", options=["yes", "no"])  # generated_text, answer',
 }
 DESCRIPTIONS = {
+    "pathflip2": "the architecture of the authors' released weights (PathFLIP2): a latent slide encoder over frozen "
+    "patch features giving a slide embedding and per-patch features, a BERT-like text tower, and soft top-k "
+    "pooling of the patches most similar to a sentence, whose weights ground the sentence in the slide.",
     "pathflip": "a slide/region encoder over frozen patch-feature bags, a text tower, and the Text-Region Attention "
     "that grounds sentences in slide regions.",
     "pathflip_generation": "the slide and region tokens of a PathFLIP encoder, projected into a causal language "
@@ -63,6 +67,7 @@ def write_model_card(
     target_mpp: float | None = None,
     patch_size: int | None = None,
     intended_use: str = "Research on slide-level vision-language models. Not for diagnosis.",
+    provenance: str | None = None,
 ) -> Path:
     """Write ``README.md`` (the model card) into a saved PathFLIP folder (alignment or LLM stage); returns its path.
 
@@ -85,7 +90,7 @@ def write_model_card(
     card = ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=name, description=DESCRIPTIONS[model_type],
         input_contract=_input_contract(alignment, target_mpp, patch_size), usage=_usage(config, name),
-        results=_results_table(metrics), dataset_name=dataset_name, intended_use=intended_use,
+        results=_results_table(metrics), dataset_name=dataset_name, intended_use=intended_use, provenance=provenance,
     )  # fmt: skip
     path = model_dir / "README.md"
     card.save(path)
@@ -93,18 +98,20 @@ def write_model_card(
 
 
 def _input_contract(alignment: dict, target_mpp: float | None, patch_size: int | None) -> str:
-    encoder = alignment.get("patch_encoder")
+    encoder, dim = alignment.get("patch_encoder"), alignment["patch_dim"]
+    geometry = "`patch_size_level0`" if "region_grid_size" in alignment else "`patch_size_level0` for heatmaps"
     lines = [
-        f"- Patch encoder: `{encoder or 'not recorded'}` ({alignment['patch_dim']}-d features); features of any other "
-        "encoder are refused or silently meaningless.",
-        f"- A bag: `features [N, {alignment['patch_dim']}]`, `coords [N, 2]` (level-0 pixels), `patch_size_level0`.",
+        f"- Patch encoder: `{encoder or 'not recorded'}` ({dim}-d features); features of any other encoder are "
+        "refused or silently meaningless.",
+        f"- A bag: `features [N, {dim}]`, `coords [N, 2]` (level-0 pixels), {geometry}.",
     ]
     if patch_size and target_mpp:
         lines.append(f"- Patches: {patch_size} px at {target_mpp} µm/px.")
     if alignment.get("patch_size_um"):
         lines.append(f"- Patch side in the training bags: {alignment['patch_size_um']:g} µm.")
-    grid = alignment["region_grid_size"]
-    lines.append(f"- Regions: {grid} x {grid} patches.")
+    if "region_grid_size" in alignment:
+        grid = alignment["region_grid_size"]
+        lines.append(f"- Regions: {grid} x {grid} patches.")
     return "\n".join(lines)
 
 

@@ -172,7 +172,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             batch_first=True,
         )
         self.context_encoder = nn.TransformerEncoder(context_layer, config.context_layers, enable_nested_tensor=False)
-        self.text_model = _text_model_without_pooler(config.text_config)
+        self.text_model = text_model_without_pooler(config.text_config)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim, bias=False)
         self.text_region_attention = PathFLIPTextRegionAttention(config.embed_dim, config.tra_heads)
         self.region_position_embedding = None
@@ -300,6 +300,10 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.text_projection(pooled).reshape(*leading, -1)
 
+    def zero_shot_logit_scale(self) -> torch.Tensor:
+        """The scale of a zero-shot softmax over classes: the slide loss's learned inverse temperature."""
+        return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+
     def get_text_conditioned_region_features(
         self, text_embeds: torch.Tensor, region_embeds: torch.Tensor, region_attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,7 +384,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             subcaption_embeds = self.get_text_features(subcaption_input_ids, subcaption_attention_mask)
 
         logits_per_slide = logits_per_text = None
-        logit_scale = self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+        logit_scale = self.zero_shot_logit_scale()
         if text_embeds is not None:
             slides = nn.functional.normalize(slide.slide_embeds, dim=-1)
             texts = nn.functional.normalize(text_embeds, dim=-1)
@@ -448,7 +452,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         return loss, loss_slide, loss_region
 
 
-def _text_model_without_pooler(text_config) -> PreTrainedModel:
+def text_model_without_pooler(text_config) -> PreTrainedModel:
     """Build the text tower; BERT-like models drop their unused pooler (we pool ourselves)."""
     try:
         return AutoModel.from_config(text_config, add_pooling_layer=False)

@@ -20,7 +20,6 @@ import torch
 from transformers import Pipeline
 
 from .heatmap_pathflip import heatmap_raster, top_patches_geojson
-from .processing_pathflip import BAG_INPUT_NAMES
 
 DEFAULT_TEMPLATES = ("{}.", "an H&E image of {}.", "a whole slide image showing {}.")
 INPUT_LOADER_GROUP = "pathflip.input_loaders"
@@ -108,24 +107,30 @@ class _SlidePipeline(Pipeline):
         if len(bags) != 1:
             raise ValueError(f"{inputs!r} holds {len(bags)} bags; pass them as a list of rows, one per slide.")
         batch = self.processor(bags, return_loss=False, return_coords=True)
+        patch_size = bags[0].get("patch_size_level0")
         return {
-            "bag": {name: batch[name] for name in BAG_INPUT_NAMES},
+            "bag": {name: batch[name] for name in self.processor.bag_input_names},
             "coords": batch["patch_coords"][0],
-            "patch_size_level0": int(bags[0]["patch_size_level0"]),
+            "patch_size_level0": None if patch_size is None else int(patch_size),
             "slide_id": str(bags[0].get("slide_id") or "slide"),
         }
 
 
 class SlideFeatureExtractionPipeline(_SlidePipeline):
-    """bag -> ``{"slide_embedding": [E], "region_embeddings": [L, E]}``."""
+    """bag -> ``{"slide_embedding": [E], "region_embeddings": [L, E]}`` (PathFLIP) or
+    ``{"slide_embedding": [E], "patch_embeddings": [N, E]}`` (PathFLIP2, whose fine-grained units are patches)."""
 
     def preprocess(self, inputs, patch_encoder=None, mpp=None):
         return self._bag_batch(inputs, patch_encoder, mpp)
 
     def _forward(self, model_inputs):
         features = self.model.get_slide_features(**model_inputs["bag"])
-        real = model_inputs["bag"]["region_attention_mask"][0].bool()
-        return {"slide_embedding": features.slide_embeds[0], "region_embeddings": features.region_embeds[0][real]}
+        outputs = {"slide_embedding": features.slide_embeds[0]}
+        if getattr(features, "region_embeds", None) is not None:
+            outputs["region_embeddings"] = features.region_embeds[0][features.region_attention_mask[0].bool()]
+        if getattr(features, "patch_embeds", None) is not None:
+            outputs["patch_embeddings"] = features.patch_embeds[0][features.patch_attention_mask[0].bool()]
+        return outputs
 
     def postprocess(self, model_outputs):
         return {key: value.float().cpu() for key, value in model_outputs.items()}
@@ -154,8 +159,7 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
     def _forward(self, model_inputs):
         slide = self.model.get_slide_features(**model_inputs["bag"]).slide_embeds
         classes = prompt_ensemble_embeddings(self.model, model_inputs["text"], model_inputs["num_templates"])
-        scale = self.model.logit_scale.exp().clamp(max=self.model.config.logit_scale_max)
-        logits = scale * torch.nn.functional.normalize(slide, dim=-1) @ classes.T
+        logits = self.model.zero_shot_logit_scale() * torch.nn.functional.normalize(slide, dim=-1) @ classes.T
         return {"logits": logits[0], "candidate_labels": model_inputs["candidate_labels"]}
 
     def postprocess(self, model_outputs, top_k=None):
@@ -180,6 +184,11 @@ class SlideGroundingPipeline(_SlidePipeline):
         if not sentences or any(not sentence.strip() for sentence in sentences):
             raise ValueError("sentences must be one or more non-empty texts to ground in the slide.")
         batch = self._bag_batch(inputs, patch_encoder, mpp)
+        if batch["patch_size_level0"] is None:
+            raise ValueError(
+                f"slide {batch['slide_id']!r}: a heatmap needs the patch side, patch_size_level0 (level-0 pixels); "
+                "add it to the bag (TRIDENT writes it in coords.attrs)."
+            )
         batch["text"] = dict(self.processor(text=sentences))
         batch["sentences"] = sentences
         batch["canvas"] = self._canvas(slide if slide is not None else inputs, batch, heatmap_size, mpp,
@@ -189,13 +198,15 @@ class SlideGroundingPipeline(_SlidePipeline):
     def _forward(self, model_inputs):
         grounding = self.model.get_grounding(**model_inputs["bag"], **model_inputs["text"])
         count = int(model_inputs["bag"]["patch_attention_mask"][0].sum())
-        real = model_inputs["bag"]["region_attention_mask"][0].bool()
-        return {
+        outputs = {
             "patch_scores": grounding.patch_scores[0, :, :count],
-            "region_scores": grounding.region_scores[0][:, real],
             **{key: model_inputs[key] for key in ("sentences", "canvas", "slide_id", "patch_size_level0")},
             "coords": model_inputs["coords"][:count],
         }
+        if getattr(grounding, "region_scores", None) is not None:  # PathFLIP: the texts' weights over regions
+            real = model_inputs["bag"]["region_attention_mask"][0].bool()
+            outputs["region_scores"] = grounding.region_scores[0][:, real]
+        return outputs
 
     def postprocess(self, model_outputs, top_k=20, output_dir=None):
         canvas, coords, size = (
@@ -204,18 +215,18 @@ class SlideGroundingPipeline(_SlidePipeline):
             model_outputs["patch_size_level0"],
         )
         results = []
-        for sentence, patch_scores, regions in zip(
-            model_outputs["sentences"], model_outputs["patch_scores"], model_outputs["region_scores"], strict=True
-        ):
+        for number, (sentence, patch_scores) in enumerate(zip(model_outputs["sentences"],
+                                                              model_outputs["patch_scores"], strict=True)):  # fmt: skip
             scores = patch_scores.float().cpu()
             result = {
                 "sentence": sentence,
                 "patch_scores": scores,
-                "region_scores": regions.float().cpu(),
                 "coords": coords,
                 "heatmap": heatmap_raster(scores, coords, size, canvas["dimensions"], canvas["size"]),
                 "geojson": top_patches_geojson(scores, coords, size, top_k=top_k, name=sentence),
             }
+            if "region_scores" in model_outputs:
+                result["region_scores"] = model_outputs["region_scores"][number].float().cpu()
             if output_dir is not None:
                 stem = f"{model_outputs['slide_id']}_" + _file_stem(sentence)
                 result.update(self.input_loader.write_grounding(result["heatmap"].numpy(), result["geojson"],

@@ -44,7 +44,9 @@ def bag_name(bag: Mapping[str, Any], position: int) -> str:
     return f"slide {slide_id!r}" if slide_id not in (None, "") else f"bag #{position}"
 
 
-def validate_bag(bag: Mapping[str, Any], position: int, patch_dim: int) -> tuple[str, torch.Tensor, torch.Tensor, int]:
+def validate_bag(
+    bag: Mapping[str, Any], position: int, patch_dim: int, require_patch_size: bool = True
+) -> tuple[str, torch.Tensor, torch.Tensor, int | None]:
     """Check a bag against the data contract; return ``(name, features, coords, patch_size_level0)``."""
     name = bag_name(bag, position)
     if not isinstance(bag, Mapping):
@@ -53,7 +55,7 @@ def validate_bag(bag: Mapping[str, Any], position: int, patch_dim: int) -> tuple
         if bag.get(key) is None:
             raise ValueError(f"{name}: missing '{key}'. A bag needs features [N, D] and coords [N, 2].")
     patch_size = bag.get("patch_size_level0")
-    if patch_size is None or int(patch_size) <= 0:
+    if (patch_size is not None or require_patch_size) and (patch_size is None or int(patch_size) <= 0):
         raise ValueError(
             f"{name}: missing or invalid patch_size_level0 ({patch_size!r}). Set it to the patch side in "
             "level-0 pixels (e.g. 512 for 256-px patches at 20x read from a 40x slide); it is never guessed."
@@ -76,7 +78,7 @@ def validate_bag(bag: Mapping[str, Any], position: int, patch_dim: int) -> tuple
     if not torch.isfinite(features).all():
         bad = int((~torch.isfinite(features)).any(dim=1).nonzero()[0])
         raise ValueError(f"{name}: NaN or Inf in features (first at row {bad}). Re-extract this slide's features.")
-    return name, features, coords.long(), int(patch_size)
+    return name, features, coords.long(), None if patch_size is None else int(patch_size)
 
 
 def group_into_regions(name: str, coords: torch.Tensor, patch_size: int, region_grid_size: int) -> tuple:
@@ -249,7 +251,16 @@ class PathFLIPProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return BAG_INPUT_NAMES + TEXT_INPUT_NAMES
+        return self.bag_input_names + TEXT_INPUT_NAMES
+
+    @property
+    def bag_input_names(self) -> list[str]:
+        """The batch entries that describe the bags (what `get_slide_features` takes)."""
+        return BAG_INPUT_NAMES
+
+    @staticmethod
+    def _pad(layouts: list, return_coords: bool) -> dict[str, torch.Tensor]:
+        return pad_layouts(layouts, return_coords)
 
     def layout(self, bags: Sequence[Mapping[str, Any] | RegionLayout]) -> list[RegionLayout]:
         """Validate each bag and group its patches into regions (laid-out bags pass through)."""
@@ -291,7 +302,7 @@ class PathFLIPProcessor(ProcessorMixin):
         if not bags:
             raise ValueError("Got an empty list of bags.")
         layouts = self.layout(bags)
-        batch = pad_layouts(layouts, return_coords)
+        batch = self._pad(layouts, return_coords)
         captions = self._captions(bags, text)
         if return_loss is None:
             return_loss = any(caption not in (None, "") for caption in captions)
@@ -315,7 +326,7 @@ class PathFLIPProcessor(ProcessorMixin):
     @staticmethod
     def _captions(bags: list, text: str | Sequence[str] | None) -> list:
         if text is None:
-            return [None if isinstance(bag, RegionLayout) else bag.get("caption") for bag in bags]
+            return [bag.get("caption") if isinstance(bag, Mapping) else None for bag in bags]
         captions = [text] if isinstance(text, str) else list(text)
         if len(captions) != len(bags):
             raise ValueError(f"Got {len(captions)} captions for {len(bags)} bags; give one caption per bag.")
@@ -332,7 +343,7 @@ class PathFLIPProcessor(ProcessorMixin):
                     "from the training set, or call with return_loss=False for embeddings only."
                 )
             if subcaptions is None:
-                precomputed = None if isinstance(bag, RegionLayout) else bag.get("subcaptions")
+                precomputed = bag.get("subcaptions") if isinstance(bag, Mapping) else None
                 chosen = self.draw_subcaptions(str(caption), bag_rng(self.seed, "eval", layout.name), precomputed)
             else:
                 chosen = list(subcaptions[position])

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class _Options:
     mpp: float | None
     encoder: str | None
     dtype: str
+    require_patch_size: bool = True
 
 
 def import_h5_folder(
@@ -248,13 +249,14 @@ def _bag(path: Path, features: np.ndarray, coords: np.ndarray, attr_sets: tuple,
         "slide_id": path.stem,
         "features": cast,
         "coords": coords.astype(np.int32),
-        "patch_size_level0": _patch_size_level0(path, attr_sets[0], options.patch_size_level0),
+        "patch_size_level0": _patch_size_level0(path, attr_sets[0], options.patch_size_level0,
+                                                options.require_patch_size),  # fmt: skip
         "mpp": options.mpp if attr_mpp is None else _valid_mpp(attr_mpp, str(path)),
         "encoder": options.encoder if encoder is None else str(encoder),
     }
 
 
-def _patch_size_level0(path: Path, attrs: Mapping[str, Any], override: int | None) -> int:
+def _patch_size_level0(path: Path, attrs: Mapping[str, Any], override: int | None, required: bool = True) -> int | None:
     """TRIDENT's ``patch_size_level0``, else CLAM's ``patch_size`` x ``downsample`` of its ``patch_level``."""
     if override is not None:
         return int(override)
@@ -264,6 +266,8 @@ def _patch_size_level0(path: Path, attrs: Mapping[str, Any], override: int | Non
         size = round(float(attrs["patch_size"]) * float(np.ravel(attrs["downsample"])[0]))
     elif "patch_size" in attrs and int(attrs.get("patch_level", -1)) == 0:
         size = int(attrs["patch_size"])
+    elif not required:
+        return None
     else:
         # A bare `patch_size` may be at any magnification: never guess it is level 0.
         raise ValueError(f"{path}: coords.attrs give no level-0 patch size; {PATCH_SIZE_HINT}.")
@@ -318,6 +322,11 @@ def _caption_records(path: Path) -> list[tuple[str, str]]:
     return [(record["slide_id"], record["caption"]) for record in records]
 
 
-def read_h5_bag(path: str | Path, *, patch_size_level0: int | None = None, mpp: float | None = None) -> dict[str, Any]:
-    """One TRIDENT/CLAM ``.h5`` bag as a dataset row (the same rules as `import_h5_folder`)."""
-    return _read_h5_bag(Path(path), _options(patch_size_level0, mpp, None, "float32"))
+def read_h5_bag(
+    path: str | Path, *, patch_size_level0: int | None = None, mpp: float | None = None,
+    require_patch_size: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """One TRIDENT/CLAM ``.h5`` bag as a dataset row (the same rules as `import_h5_folder`); with
+    ``require_patch_size=False`` a file without the patch geometry gives ``patch_size_level0=None``."""
+    options = _options(patch_size_level0, mpp, None, "float32")
+    return _read_h5_bag(Path(path), replace(options, require_patch_size=require_patch_size))

@@ -90,6 +90,21 @@ def tiny_config(**overrides):
     return PathFLIPConfig(**values)
 
 
+def tiny_pathflip2_config(**overrides):
+    """A PathFLIP2 config small enough for CPU tests (the released architecture at toy sizes, dropout off)."""
+    from modeling_pathflip import PathFLIP2Config
+
+    values = dict(
+        patch_dim=16, embed_dim=32, num_heads=4, num_latent_tokens=8, num_subcaptions=3, soft_topk=8,
+        text_max_length=64, attention_dropout=0.0, projection_dropout=0.0,
+        text_config=dict(model_type="bert", vocab_size=len(VOCABULARY), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    )  # fmt: skip
+    values.update(overrides)
+    return PathFLIP2Config(**values)
+
+
 CAPTIONS = [
     "Invasive carcinoma with dense nuclei. Fibrous stroma in the left region. Focal necrosis is seen.",
     "Benign fat with small lymphocytes. There are normal cells.",
@@ -151,6 +166,11 @@ def bag_factory():
 @pytest.fixture(scope="session")
 def config_factory():
     return tiny_config
+
+
+@pytest.fixture(scope="session")
+def pathflip2_config_factory():
+    return tiny_pathflip2_config
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import data, doctor, hub, jobs, models
+from . import data, doctor, hub, jobs, models, released
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pathflip", description="PathFLIP whole-slide tools")
     parser.add_argument("--version", action="version", version=f"pathflip {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (data, models, jobs, hub, doctor):
+    for group in (data, models, released, jobs, hub, doctor):
         group.add_verbs(commands)
     return parser
 

@@ -55,6 +55,9 @@ class DataArguments:
     label_column: str = field(default="label")
     num_subcaptions: int | None = field(default=None, metadata={"help": "Subcaptions per slide (default: config)."})
     max_regions: int | None = field(default=24, metadata={"help": "Regions sampled per slide in training."})
+    max_patches: int | None = field(
+        default=None, metadata={"help": "PathFLIP2: patches sampled per slide in training (default: the config's)."}
+    )
     class_names: list[str] | None = field(default=None, metadata={"help": "Zero-shot class names, label order."})
     prompt_templates: list[str] = field(
         default_factory=lambda: list(ZERO_SHOT_TEMPLATES),

@@ -7,13 +7,15 @@ from transformers import TrainerCallback
 from modeling_pathflip import PathFLIPGenerationProcessor
 from modeling_pathflip.generation_pipeline_pathflip import DEFAULT_INSTRUCTION
 from modeling_pathflip.processing_pathflip import bag_rng, sample_regions
+from modeling_pathflip.processing_pathflip2 import PatchLayout, sample_patches
 
 from .records import record_texts
 
 
 class PathFLIPCollator:
-    """`Trainer` collator of every stage. In training, each slide's regions (at most ``max_regions``) and, for the
-    alignment stage, its K subcaptions are drawn from (seed, epoch, slide id): unlike the global RNG this
+    """`Trainer` collator of every stage and model type. In training, each slide's regions (at most
+    ``max_regions``; PathFLIP2: its patches, at most ``max_patches``) and, for the alignment stage, its K
+    subcaptions are drawn from (seed, epoch, slide id): unlike the global RNG this
     survives a kill and ``--resume_from_checkpoint`` exactly, since the batches a dataloader had prefetched
     before the checkpoint are redrawn identically after it. With ``training=False`` (evaluation) the
     processor's deterministic path is used: every region (up to the LLM's visual-token cap) and subcaptions
@@ -23,11 +25,12 @@ class PathFLIPCollator:
     built here.
     """
 
-    def __init__(self, processor, *, max_regions: int | None = None, training: bool = True,
-                 caption_prompt: str = DEFAULT_INSTRUCTION):  # fmt: skip
+    def __init__(self, processor, *, max_regions: int | None = None, max_patches: int | None = None,
+                 training: bool = True, caption_prompt: str = DEFAULT_INSTRUCTION):  # fmt: skip
         self.processor = processor
         self.generation = isinstance(processor, PathFLIPGenerationProcessor)
         self.max_regions = processor.max_visual_tokens - 1 if self.generation else max_regions
+        self.max_patches = max_patches
         self.training = training
         self.caption_prompt = caption_prompt
         self.epoch = 0
@@ -37,7 +40,7 @@ class PathFLIPCollator:
         if self.training:
             layouts = self.processor.layout(rows)
             rngs = [bag_rng(self.processor.seed, self.epoch, layout.name) for layout in layouts]
-            bags = [sample_regions(layout, self.max_regions, rng) for layout, rng in zip(layouts, rngs, strict=True)]
+            bags = [self._sample(layout, rng) for layout, rng in zip(layouts, rngs, strict=True)]
         if self.generation:
             prompts, targets = zip(*(record_texts(row, self.caption_prompt) for row in rows), strict=True)
             return self.processor(bags, list(prompts), list(targets))
@@ -49,6 +52,11 @@ class PathFLIPCollator:
             for row, caption, rng in zip(rows, captions, rngs, strict=True)
         ]
         return self.processor(bags, text=captions, subcaptions=subcaptions)
+
+    def _sample(self, layout, rng):
+        if isinstance(layout, PatchLayout):
+            return sample_patches(layout, self.max_patches, rng)
+        return sample_regions(layout, self.max_regions, rng)
 
 
 class EpochCallback(TrainerCallback):

@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import datasets
 import numpy as np
-import transformers
-from transformers import AutoConfig, AutoModel, AutoTokenizer, Trainer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, Trainer
 
 from modeling_pathflip import (
+    PathFLIP2Config,
+    PathFLIP2Model,
+    PathFLIP2Processor,
     PathFLIPConfig,
     PathFLIPForConditionalGeneration,
     PathFLIPGenerationConfig,
@@ -28,22 +30,27 @@ from .data import check_dataset, record_input_contract
 from .trainer import PathFLIPTrainer
 
 logger = logging.getLogger(__name__)
+# model type -> (config, model, processor) classes of the alignment stage
+ALIGNMENT_MODELS = {"pathflip": (PathFLIPConfig, PathFLIPModel, PathFLIPProcessor),
+                    "pathflip2": (PathFLIP2Config, PathFLIP2Model, PathFLIP2Processor)}  # fmt: skip
 
 
-def build_model(model_args: ModelArguments, dataset: datasets.Dataset) -> tuple[PathFLIPModel, object]:
-    """The model (fresh, from a PathFLIP folder, or with a pretrained text tower) and its tokenizer."""
+def build_model(model_args: ModelArguments, dataset: datasets.Dataset):
+    """The model (fresh from a config of either model type, from a saved folder, or PathFLIP with a pretrained
+    text tower) and its tokenizer."""
     if model_args.model_name_or_path:
         model = AutoModel.from_pretrained(model_args.model_name_or_path)
         tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
         return model, AutoTokenizer.from_pretrained(tokenizer_source)
-    config = PathFLIPConfig.from_pretrained(model_args.config_name) if model_args.config_name else None
-    if config is None:
-        if model_args.text_model_name_or_path is None:
-            raise ValueError("Give --config_name, --model_name_or_path or --text_model_name_or_path.")
+    if model_args.config_name:
+        config = _alignment_config(model_args.config_name)
+    elif model_args.text_model_name_or_path is None:
+        raise ValueError("Give --config_name, --model_name_or_path or --text_model_name_or_path.")
+    else:
         dim = np.asarray(dataset[0]["features"]).shape[-1]
-        text_config = transformers.AutoConfig.from_pretrained(model_args.text_model_name_or_path).to_dict()
+        text_config = AutoConfig.from_pretrained(model_args.text_model_name_or_path).to_dict()
         config = PathFLIPConfig(patch_dim=dim, text_config=text_config)
-    model = PathFLIPModel(config)
+    model = ALIGNMENT_MODELS[config.model_type][1](config)
     if model_args.text_model_name_or_path:
         pretrained = AutoModel.from_pretrained(model_args.text_model_name_or_path)
         missing, _ = model.text_model.load_state_dict(pretrained.state_dict(), strict=False)
@@ -52,6 +59,16 @@ def build_model(model_args: ModelArguments, dataset: datasets.Dataset) -> tuple[
     if tokenizer_source is None:
         raise ValueError("Give --text_model_name_or_path or --tokenizer_name: the text tower needs a tokenizer.")
     return model, AutoTokenizer.from_pretrained(tokenizer_source)
+
+
+def _alignment_config(name: str) -> PretrainedConfig:
+    """A PathFLIP or PathFLIP2 config from a folder or JSON file (a JSON without ``model_type`` is PathFLIP's)."""
+    values, _ = PretrainedConfig.get_config_dict(name)
+    model_type = values.get("model_type", "pathflip")
+    if model_type not in ALIGNMENT_MODELS:
+        raise ValueError(f"--config_name {name} is a {model_type!r} config; the align stage trains "
+                         f"{sorted(ALIGNMENT_MODELS)}.")  # fmt: skip
+    return ALIGNMENT_MODELS[model_type][0].from_pretrained(name)
 
 
 def make_compute_metrics(model: PathFLIPModel, processor: PathFLIPProcessor, labels, data_args: DataArguments):
@@ -93,13 +110,15 @@ def alignment_trainer(model_args, data_args, training_args, train_set, eval_set)
     if model_args.freeze_text_model:
         model.text_model.requires_grad_(False)
     num_subcaptions = data_args.num_subcaptions or model.config.num_subcaptions
-    processor = PathFLIPProcessor.from_model_config(tokenizer, model.config, num_subcaptions=num_subcaptions)
+    processor_class = ALIGNMENT_MODELS[model.config.model_type][2]
+    processor = processor_class.from_model_config(tokenizer, model.config, num_subcaptions=num_subcaptions)
     labels = None
     if eval_set is not None and data_args.label_column in eval_set.column_names:
         labels = eval_set[data_args.label_column]
     compute_metrics = make_compute_metrics(model, processor, labels, data_args) if eval_set is not None else None
-    collators = [PathFLIPCollator(processor, max_regions=data_args.max_regions, training=training)
-                 for training in (True, False)]  # fmt: skip
+    max_patches = data_args.max_patches or getattr(model.config, "max_patches", None)
+    collators = [PathFLIPCollator(processor, max_regions=data_args.max_regions, max_patches=max_patches,
+                                  training=training) for training in (True, False)]  # fmt: skip
     return _trainer(model, training_args, train_set, eval_set, collators, compute_metrics), save_served_model
 
 

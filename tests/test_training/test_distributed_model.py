@@ -1,9 +1,11 @@
-"""One global batch through the whole model: 2 gloo processes (DDP-style averaging) == 1 process."""
+"""One global batch through the whole model: 2 gloo processes (DDP-style averaging) == 1 process, for both model
+types (their losses gather negatives across processes)."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -11,12 +13,19 @@ import torch.multiprocessing as mp
 GLOBAL_BATCH = 4
 
 
-def _loss_and_grads(rank: int, world_size: int, state: dict, config, tokenizer, bags) -> tuple:
-    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
+def _classes(config):
+    from modeling_pathflip import PathFLIP2Model, PathFLIP2Processor, PathFLIPModel, PathFLIPProcessor
 
-    model = PathFLIPModel(config).train()
+    if config.model_type == "pathflip2":
+        return PathFLIP2Model, PathFLIP2Processor
+    return PathFLIPModel, PathFLIPProcessor
+
+
+def _loss_and_grads(rank: int, world_size: int, state: dict, config, tokenizer, bags) -> tuple:
+    model_class, processor_class = _classes(config)
+    model = model_class(config).train()
     model.load_state_dict(state)
-    processor = PathFLIPProcessor.from_model_config(tokenizer, config)
+    processor = processor_class.from_model_config(tokenizer, config)
     per_rank = GLOBAL_BATCH // world_size
     loss = model(**processor(bags[rank * per_rank : (rank + 1) * per_rank])).loss
     loss.backward()
@@ -38,12 +47,13 @@ def _worker(rank, world_size, port, state, config, tokenizer, bags, results):
         dist.destroy_process_group()
 
 
-def test_two_processes_give_the_single_process_loss_and_gradients(config_factory, tokenizer, bag_factory, free_port):
-    from modeling_pathflip import PathFLIPModel
-
-    config = config_factory()
+@pytest.mark.parametrize("model_type", ["pathflip", "pathflip2"])
+def test_two_processes_give_the_single_process_loss_and_gradients(
+    model_type, config_factory, pathflip2_config_factory, tokenizer, bag_factory, free_port
+):
+    config = pathflip2_config_factory() if model_type == "pathflip2" else config_factory()
     torch.manual_seed(0)
-    state = PathFLIPModel(config).state_dict()
+    state = _classes(config)[0](config).state_dict()
     bags = [bag_factory(i, 15 + 4 * i) for i in range(GLOBAL_BATCH)]
     expected_loss, expected_grads = _loss_and_grads(0, 1, state, config, tokenizer, bags)
     results = mp.Manager().dict()

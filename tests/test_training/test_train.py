@@ -105,6 +105,23 @@ def test_training_evaluation_and_pathflip_eval_give_the_same_zero_shot_figures(w
         assert during_training[f"eval_{key}"] == pytest.approx(afterwards[key], abs=1e-6), key
 
 
+def test_pathflip2_trains_with_the_same_script(workspace, tmp_path, pathflip2_config_factory, tokenizer):
+    """The released architecture fine-tunes through train.py: both losses, patches sampled per slide."""
+    pathflip2_config_factory().save_pretrained(tmp_path / "config2")
+    tokenizer.save_pretrained(tmp_path / "config2")
+    arguments = _arguments(workspace, tmp_path / "run2", "--do_train", "--do_eval", "--max_patches", "12")
+    arguments[arguments.index("--config_name") + 1] = str(tmp_path / "config2")
+    arguments[arguments.index("--tokenizer_name") + 1] = str(tmp_path / "config2")
+    result = _run(arguments)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((tmp_path / "run2" / "all_results.json").read_text())
+    assert {"train_loss", "eval_loss", "eval_zero_shot_balanced_accuracy", "eval_retrieval_slide_to_text_r1"} <= set(
+        metrics)  # fmt: skip
+    model = AutoModel.from_pretrained(tmp_path / "run2")
+    assert type(model).__name__ == "PathFLIP2Model" and model.config.patch_encoder == "test-encoder"
+    assert type(AutoProcessor.from_pretrained(tmp_path / "run2")).__name__ == "PathFLIP2Processor"
+
+
 def test_push_to_hub_uploads_a_checked_model_with_its_card(workspace, tmp_path, minihub, hub_user, bag_factory):
     output = tmp_path / "run"
     arguments = _arguments(workspace, output, "--do_train", "--do_eval", "--save_steps", "2", "--push_to_hub",

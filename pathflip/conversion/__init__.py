@@ -1,0 +1,1 @@
+"""Converting other people's checkpoints into this package's model folders (`pathflip convert`)."""
