@@ -1,6 +1,7 @@
 """`pathflip eval`: a PathFLIP model on a feature-bag dataset -> metrics JSON and a markdown table.
 
-Zero-shot classification needs a ``label`` column (class names from its `ClassLabel` or ``class_names``),
+Zero-shot classification needs a label column (class names from its `ClassLabel`, its text labels, or
+``class_names``),
 retrieval a ``caption`` column, grounding the columns ``grounding_sentences`` (per slide, the sentences to
 ground) and ``grounding_targets`` (per sentence, one bool per patch: inside the lesion it describes).
 Every task runs through the same pipelines users call.
@@ -12,6 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +34,7 @@ def evaluate_model(
     class_names: Sequence[str] | None = None,
     templates: Sequence[str] = ZERO_SHOT_TEMPLATES,
     trust_remote_code: bool = False,
+    label_column: str = "label",
 ) -> dict[str, float]:
     """Zero-shot, retrieval and grounding metrics of a model on ``dataset`` (the tasks its columns allow)."""
     from transformers import pipeline
@@ -45,7 +48,7 @@ def evaluate_model(
     check_columns(dataset)
     rows = dataset.with_format("numpy")
     columns = set(dataset.column_names)
-    class_names = list(class_names or _class_names(dataset))
+    labels = zero_shot_labels(dataset, label_column, class_names)
     slide_embeds, scores, targets = [], [], []
     for row in tqdm(rows, desc="evaluating", unit="slide"):
         slide_embeds.append(extractor(row)["slide_embedding"].numpy())
@@ -57,16 +60,45 @@ def evaluate_model(
     metrics: dict[str, float] = {"slides": len(slide_embeds)}
     if "caption" in columns:
         metrics.update(retrieval_metrics(slide_embeds, _text_embeddings(model, processor, list(dataset["caption"]))))
-    if "label" in columns and class_names:
-        metrics.update(zero_shot_metrics(model, processor, slide_embeds, dataset["label"], class_names, templates))
+    if labels is not None:
+        metrics.update(zero_shot_metrics(model, processor, slide_embeds, labels[0], labels[1], templates))
     if scores:
         metrics.update(grounding_metrics(scores, targets))
     return metrics
 
 
-def _class_names(dataset) -> list[str]:
-    feature = dataset.features.get("label")
-    return list(getattr(feature, "names", None) or [])
+def zero_shot_labels(
+    dataset, column: str = "label", class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, list[str]] | None:
+    """The label column as class indices and the class names in label order (None: no labels to score).
+
+    A `ClassLabel` column gives its names (``class_names`` must then agree, or it is refused naming both); text
+    labels are looked up in ``class_names`` (default: the labels sorted); integer labels need ``class_names``.
+    """
+    if column not in (dataset.column_names or []):
+        if column != "label":
+            raise ValueError(f"label column {column!r} is not in the dataset (columns: {dataset.column_names}).")
+        return None
+    feature = dataset.features.get(column) if dataset.features else None
+    values = [row[column] for row in dataset.select_columns([column])]
+    given = list(class_names) if class_names else None
+    if isinstance(feature, datasets.ClassLabel):
+        if given is not None and given != feature.names:
+            raise ValueError(f"class names {given} disagree with the label order of the dataset's {column!r} column "
+                             f"{feature.names}; give them in that order, or leave them out.")  # fmt: skip
+        return np.asarray(values), list(feature.names)
+    if values and isinstance(values[0], str):
+        names = given or sorted(set(values))
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown[:5]} of column {column!r} are not among the class names {names}.")
+        return np.asarray([names.index(value) for value in values]), names
+    if given is None:
+        return None  # integer labels without names: nothing to prompt with
+    if values and not 0 <= min(values) <= max(values) < len(given):
+        raise ValueError(f"labels of column {column!r} run from {min(values)} to {max(values)}, but there are "
+                         f"{len(given)} class names {given}.")  # fmt: skip
+    return np.asarray(values), given
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from transformers import AutoConfig, Blip2QFormerConfig, PretrainedConfig
 
 TEXT_POOLING_MODES = ("cls", "mean")
 REGION_NEGATIVE_MODES = ("all", "one_per_slide")
+REGION_LOSS_REDUCTIONS = ("mean", "authors")
 
 PAPER_QFORMER_CONFIG = {
     "hidden_size": 768,
@@ -88,11 +89,18 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         region_logit_scale_init_value (`float`): initial log scale s of the region sigmoid loss (ln 10).
         region_logit_bias_init_value (`float`): initial bias b of the region sigmoid loss.
         region_negatives (`str`): "all" subcaptions of other slides, or "one_per_slide" (v1).
+        region_loss_reduction (`str`): how the region loss averages its per-(slide, candidate) losses. "mean": over
+            all pairs. "authors" (the authors' v1): per slide, the sum over its candidates divided by K + B - 1 (their
+            candidate set: the slide's K subcaptions plus one per other slide of the global batch of B slides), then
+            the mean over the local slides. With "one_per_slide" both give the same loss; with "all" a slide has
+            B x K candidates, still divided by K + B - 1, so "authors" is B K / (K + B - 1) times "mean".
         initializer_range (`float`): std of the normal initialisation.
         patch_encoder (`str`, *optional*): name of the patch encoder whose features the model reads (the
             dataset's `encoder` column, recorded by `train.py`); pipelines use it to encode slide files.
         patch_size_um (`float`, *optional*): side of one patch in µm (`patch_size_level0 x mpp` of the training
             bags, recorded by `train.py`), for the model card's input contract.
+        patch_size_px (`int`, *optional*): the patch side in pixels the training bags were encoded at (recorded by
+            `pathflip train` from extracted bags); with ``patch_size_um`` the pipelines tile slide files the same way.
     """
 
     model_type = "pathflip"
@@ -133,9 +141,11 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         region_logit_scale_init_value: float = math.log(10.0),
         region_logit_bias_init_value: float = -10.0,
         region_negatives: str = "all",
+        region_loss_reduction: str = "mean",
         initializer_range: float = 0.02,
         patch_encoder: str | None = None,
         patch_size_um: float | None = None,
+        patch_size_px: int | None = None,
         **kwargs: Any,
     ):
         qformer_defaults = {**PAPER_QFORMER_CONFIG, "encoder_hidden_size": patch_projection_dim}
@@ -169,9 +179,11 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         self.region_logit_scale_init_value = region_logit_scale_init_value
         self.region_logit_bias_init_value = region_logit_bias_init_value
         self.region_negatives = region_negatives
+        self.region_loss_reduction = region_loss_reduction
         self.initializer_range = initializer_range
         self.patch_encoder = patch_encoder
         self.patch_size_um = patch_size_um
+        self.patch_size_px = patch_size_px
         self._validate()
         super().__init__(**kwargs)
 
@@ -199,6 +211,10 @@ class PathFLIPConfig(_ServedPipelinesConfig):
             raise ValueError(f"text_pooling must be one of {TEXT_POOLING_MODES}, got {self.text_pooling!r}.")
         if self.region_negatives not in REGION_NEGATIVE_MODES:
             raise ValueError(f"region_negatives must be one of {REGION_NEGATIVE_MODES}, got {self.region_negatives!r}.")
+        if self.region_loss_reduction not in REGION_LOSS_REDUCTIONS:
+            raise ValueError(
+                f"region_loss_reduction must be one of {REGION_LOSS_REDUCTIONS}, got {self.region_loss_reduction!r}."
+            )
         if not (self.use_slide_loss or self.use_region_loss):
             raise ValueError("At least one of use_slide_loss and use_region_loss must be True.")
         if not 0.0 <= self.label_smoothing < 1.0:

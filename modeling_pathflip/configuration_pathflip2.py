@@ -49,6 +49,7 @@ class PathFLIP2Config(_ServedPipelinesConfig):
         max_patches (`int`): patches per slide sampled in training (4096).
         patch_encoder (`str`, *optional*): the patch encoder whose features the model reads (e.g. "conch_v1").
         patch_size_um (`float`, *optional*): side of one patch in µm (128: 256 px at 0.5 µm/px, i.e. 20x).
+        patch_size_px (`int`, *optional*): side of one patch in pixels (256 for the released model).
     """
 
     model_type = "pathflip2"
@@ -85,6 +86,7 @@ class PathFLIP2Config(_ServedPipelinesConfig):
         max_patches: int = 4096,
         patch_encoder: str | None = None,
         patch_size_um: float | None = None,
+        patch_size_px: int | None = None,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
@@ -112,6 +114,7 @@ class PathFLIP2Config(_ServedPipelinesConfig):
         self.max_patches = max_patches
         self.patch_encoder = patch_encoder
         self.patch_size_um = patch_size_um
+        self.patch_size_px = patch_size_px
         self.initializer_range = initializer_range
         self._validate()
         super().__init__(**kwargs)

@@ -39,7 +39,7 @@ class SlideTextGenerationPipeline(_SlidePipeline):
         if options is not None and (question is None or not options):
             raise ValueError("options need a question and at least one option text.")
         text = multiple_choice_prompt(question, options) if options else (question or prompt or DEFAULT_INSTRUCTION)
-        bags = self.load_bags(inputs, patch_encoder or self.model.config.pathflip_config.patch_encoder, mpp)
+        bags = self.load_bags(inputs, patch_encoder, mpp)
         if len(bags) != 1:
             raise ValueError(f"{inputs!r} holds {len(bags)} bags; pass them as a list of rows, one per slide.")
         batch = dict(self.processor(bags, text))

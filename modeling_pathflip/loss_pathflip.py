@@ -88,6 +88,7 @@ def region_subcaption_sigmoid_loss(
     bias: torch.Tensor,
     negatives: str = "all",
     subcaption_keys: torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """FLAIR-style sigmoid loss between text-conditioned region embeddings and subcaptions.
 
@@ -108,7 +109,13 @@ def region_subcaption_sigmoid_loss(
         negatives: ``"all"`` subcaptions of every other slide, or ``"one_per_slide"`` (one random
             subcaption of each other slide, as in the authors' v1 code).
         subcaption_keys: ``[B, K]`` int64 text identities (`text_keys`); None: only own ones are positive.
+        reduction: ``"mean"`` over all (slide, candidate) pairs, or ``"authors"`` (v1): per local slide, the sum
+            over its candidates divided by ``K + G - 1`` (G: global batch size; the v1 candidate set, K own
+            subcaptions plus one per other slide), then the mean over local slides. Equal for ``"one_per_slide"``;
+            with ``"all"`` (``G x K`` candidates per slide) ``"authors"`` is ``G K / (K + G - 1)`` times ``"mean"``.
     """
+    if reduction not in ("mean", "authors"):
+        raise ValueError(f"Unknown region loss reduction {reduction!r}; use 'mean' or 'authors'.")
     rank, _ = distributed_world()
     batch, num_sub, dim = subcaption_embeds.shape
     all_subcaptions = gather_with_grad(subcaption_embeds)  # [G, K, E]
@@ -143,4 +150,6 @@ def region_subcaption_sigmoid_loss(
     cosine = F.cosine_similarity(conditioned, candidates, dim=-1)
     logits = log_scale.exp() * cosine + bias
     losses = -F.logsigmoid(labels * logits)
+    if reduction == "authors":
+        return ((losses * weights).sum(dim=1) / (num_sub + global_batch - 1)).mean()
     return (losses * weights).sum() / weights.sum()

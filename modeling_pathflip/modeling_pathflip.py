@@ -447,6 +447,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
                 self.region_logit_bias,
                 config.region_negatives,
                 subcaption_keys,
+                reduction=config.region_loss_reduction,
             )
             loss = loss + config.region_loss_weight * loss_region
         return loss, loss_slide, loss_region

@@ -3,7 +3,8 @@
 Every task takes a bag (a dict or `datasets` row with features, coords and patch_size_level0) or a
 path (dataset folder, TRIDENT/CLAM .h5, extracted .safetensors bag, or a slide file); a list of inputs gives a
 list of results. Paths, slide thumbnails and heatmap files go through an *input loader*: an object with
-``load_bags(source, *, patch_encoder, mpp)``, ``slide_canvas(source, *, mpp, longest)`` and
+``load_bags(source, *, patch_encoder, mpp, patch_size_um, patch_size_px, device)``,
+``slide_canvas(source, *, mpp, longest)`` and
 ``write_grounding(heatmap, geojson, *, output_dir, stem, thumbnail)``. Pass one as
 ``pipeline(..., input_loader=obj)``, or the name of one registered with `register_input_loader` or installed as a
 ``pathflip.input_loaders`` entry point; the default, ``"files"``, is the `pathflip` package's.
@@ -81,10 +82,14 @@ class _SlidePipeline(Pipeline):
         return self._input_loader
 
     def load_bags(self, inputs: Any, patch_encoder: str | None = None, mpp: float | None = None) -> list:
-        """Bags from a bag mapping, or from a path through the input loader."""
+        """Bags from a bag mapping, or from a path through the input loader; a slide file is tiled and encoded as
+        the model's config records (patch encoder, patch side in µm and pixels), on the pipeline's device."""
         if isinstance(inputs, Mapping):
             return [inputs]
-        return list(self.input_loader.load_bags(inputs, patch_encoder=patch_encoder, mpp=mpp))
+        config = getattr(self.model.config, "pathflip_config", self.model.config)
+        return list(self.input_loader.load_bags(
+            inputs, patch_encoder=patch_encoder or config.patch_encoder, mpp=mpp, device=self.device,
+            patch_size_um=config.patch_size_um, patch_size_px=getattr(config, "patch_size_px", None)))  # fmt: skip
 
     def _sanitize_parameters(self, **kwargs):
         unknown = set(kwargs) - set(self.preprocess_options) - set(self.postprocess_options)
@@ -103,7 +108,7 @@ class _SlidePipeline(Pipeline):
         return super().__call__(inputs, **kwargs)
 
     def _bag_batch(self, inputs, patch_encoder=None, mpp=None) -> dict[str, Any]:
-        bags = self.load_bags(inputs, patch_encoder or self.model.config.patch_encoder, mpp)
+        bags = self.load_bags(inputs, patch_encoder, mpp)
         if len(bags) != 1:
             raise ValueError(f"{inputs!r} holds {len(bags)} bags; pass them as a list of rows, one per slide.")
         batch = self.processor(bags, return_loss=False, return_coords=True)

@@ -82,28 +82,22 @@ def validate_bag(
 
 
 def group_into_regions(name: str, coords: torch.Tensor, patch_size: int, region_grid_size: int) -> tuple:
-    """Group patches into square regions of ``region_grid_size`` grid cells.
+    """Group patches into square region windows of ``region_grid_size x patch_size_level0`` level-0 pixels.
 
-    Returns ``(region_patch_index [L, P], region_cells [L, 2])``. Regions are ordered row-major and
-    patches inside a region by grid cell, so the layout does not depend on the order of the rows.
+    A patch belongs to the window that contains its top-left corner. Windows are laid from the first patch's
+    offset on the patch grid, so patches need not share one grid: per-piece grids (CLAM anchors each tissue
+    piece's grid at the piece) and overlapping patches (TRIDENT's ``--overlap``) are placed too. Returns
+    ``(region_patch_index [L, P], region_cells [L, 2])``; regions are ordered row-major and patches inside a
+    region by position (y, then x), so the layout does not depend on the order of the rows.
     """
     offset = coords[0] % patch_size
-    off_grid = ((coords - offset) % patch_size).any(dim=1)
-    if off_grid.any():
-        row = int(off_grid.nonzero()[0])
-        raise ValueError(
-            f"{name}: coords row {row} {coords[row].tolist()} is not on the patch grid of step "
-            f"patch_size_level0={patch_size} (the first patch is at {coords[0].tolist()}). Coords must be "
-            "level-0 top-left corners of non-overlapping patches; check patch_size_level0 or re-tile."
-        )
-    grid = torch.div(coords - offset, patch_size, rounding_mode="floor")
-    cells, cell_of_patch = torch.unique(grid.flip(1), dim=0, return_inverse=True)
-    if cells.shape[0] != coords.shape[0]:
-        raise ValueError(f"{name}: duplicate coords (two patches on one grid cell); remove the duplicates.")
-    region_of_cell = torch.div(cells, region_grid_size, rounding_mode="floor")
-    region_cells, region_of_cell = torch.unique(region_of_cell, dim=0, return_inverse=True)
-    region_of_patch = region_of_cell[cell_of_patch]
-    order = torch.argsort(region_of_patch * coords.shape[0] + cell_of_patch)
+    positions, position_of_patch = torch.unique((coords - offset).flip(1), dim=0, return_inverse=True)
+    if positions.shape[0] != coords.shape[0]:
+        raise ValueError(f"{name}: duplicate coords (two patches at the same level-0 position); remove the duplicates.")
+    region_of_position = torch.div(positions, patch_size * region_grid_size, rounding_mode="floor")
+    region_cells, region_of_position = torch.unique(region_of_position, dim=0, return_inverse=True)
+    region_of_patch = region_of_position[position_of_patch]
+    order = torch.argsort(region_of_patch * coords.shape[0] + position_of_patch)
     counts = torch.bincount(region_of_patch, minlength=region_cells.shape[0])
     starts = torch.cumsum(counts, 0) - counts
     sorted_regions = region_of_patch[order]

@@ -7,7 +7,9 @@ the final name; the folder's entry is flushed too, so a power cut leaves the old
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +88,16 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, *, max_length: int = 120) -> str:
+    """A file name for ``text`` (a slide id, a sentence) that stays inside its folder: characters other than
+    letters, digits, ``.``, ``_`` and ``-`` become ``_``, no leading dot; names that had to change or be cut get
+    a short hash of the original, so two different ids never share a file."""
+    name = _UNSAFE.sub("_", str(text)).lstrip(".")[:max_length] or "_"
+    if name != text:
+        name = f"{name[: max_length - 9]}-{hashlib.sha1(str(text).encode()).hexdigest()[:8]}"
+    return name

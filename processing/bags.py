@@ -6,14 +6,19 @@ back as one zero-copy numpy array.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
+from datasets.utils.py_utils import asdict
 
-from ..files import atomic_path
+from ..files import atomic_path, safe_name, write_text
 
 REQUIRED_COLUMNS = ("slide_id", "features", "coords", "patch_size_level0")
 # Bags are large: flush every few rows so one Arrow chunk never overflows int32 offsets.
@@ -27,6 +32,7 @@ def bag_features(feature_dim: int, dtype: str = "float32", extra: Mapping[str, A
         "features": datasets.Array2D(shape=(None, feature_dim), dtype=dtype),
         "coords": datasets.Array2D(shape=(None, 2), dtype="int32"),
         "patch_size_level0": datasets.Value("int32"),
+        "patch_size_px": datasets.Value("int32"),  # the patch side in pixels it was encoded at (None: unknown)
         "mpp": datasets.Value("float32"),
         "encoder": datasets.Value("string"),
         "caption": datasets.Value("string"),
@@ -42,13 +48,14 @@ def normalise_bag(bag: Mapping[str, Any], dtype: str = "float32") -> dict[str, A
     row["features"] = np.asarray(row["features"], dtype=dtype)
     row["coords"] = np.asarray(row["coords"], dtype=np.int32)
     row["patch_size_level0"] = int(row["patch_size_level0"])
-    for column in ("mpp", "encoder", "caption", "subcaptions"):
+    for column in ("patch_size_px", "mpp", "encoder", "caption", "subcaptions"):
         row.setdefault(column, None)
     return row
 
 
 def write_bags(
-    bags: Iterable[Mapping[str, Any]], path: str | Path, feature_dim: int, *, dtype: str = "float32"
+    bags: Iterable[Mapping[str, Any]], path: str | Path, feature_dim: int, *, dtype: str = "float32",
+    extra: Mapping[str, Any] | None = None,
 ) -> datasets.Dataset:
     """Stream bags into one Arrow file at ``path`` and return it as a memory-mapped dataset.
 
@@ -58,7 +65,7 @@ def write_bags(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    features = bag_features(feature_dim, dtype)
+    features = bag_features(feature_dim, dtype, extra)
     with ArrowWriter(features=features, path=str(path), writer_batch_size=WRITER_BATCH_SIZE) as writer:
         for bag in bags:
             writer.write(features.encode_example(normalise_bag(bag, dtype)))
@@ -77,17 +84,95 @@ def check_columns(dataset: datasets.Dataset, name: str = "dataset") -> None:
         )
 
 
-def save_dataset(dataset: datasets.Dataset, path: str | Path, *, parquet: bool = False) -> Path:
-    """Write with `save_to_disk` (or as parquet shards) under a temporary name, then swap it in place."""
+def save_dataset(dataset: datasets.Dataset | datasets.DatasetDict, path: str | Path) -> Path:
+    """`save_to_disk` under a temporary name, then swap it in place (a reader sees the old or the new one)."""
     path = Path(path)
     with atomic_path(path) as partial:
-        if parquet:
-            partial.mkdir(parents=True)
-            num_shards = max(1, len(dataset) // 64)
-            for index in range(num_shards):
-                shard = dataset.shard(num_shards, index, contiguous=True)
-                shard.to_parquet(partial / f"train-{index:05d}-of-{num_shards:05d}.parquet",
-                                 batch_size=WRITER_BATCH_SIZE)  # fmt: skip
-        else:
-            dataset.save_to_disk(str(partial))
+        dataset.save_to_disk(str(partial))
     return path
+
+
+def write_parquet(dataset: datasets.Dataset | datasets.DatasetDict, folder: str | Path) -> Path:
+    """Parquet shards ``<split>-00000-of-0000N.parquet`` (``train`` for a plain dataset), about 64 slides each:
+    what `load_dataset("parquet", ...)`, `pathflip train` and the Hub read."""
+    splits = dataset if isinstance(dataset, datasets.DatasetDict) else {"train": dataset}
+    with atomic_path(folder) as partial:
+        partial.mkdir(parents=True)
+        for name, split in splits.items():
+            num_shards = max(1, len(split) // 64)
+            for index in range(num_shards):
+                shard = split.shard(num_shards, index, contiguous=True)
+                shard.to_parquet(partial / f"{name}-{index:05d}-of-{num_shards:05d}.parquet",
+                                 batch_size=WRITER_BATCH_SIZE)  # fmt: skip
+    return Path(folder)
+
+
+@dataclass(frozen=True)
+class BagRecord:
+    """One slide of a sharded bag dataset: its bag file (the source of truth), its split and extra columns."""
+
+    slide_id: str
+    bag_file: Path
+    split: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def update_bag_dataset(
+    folder: str | Path,
+    records: Iterable[BagRecord],
+    features: datasets.Features,
+    read_bag: Callable[[Path], Mapping[str, Any]],
+) -> Path | None:
+    """Keep ``folder`` a `datasets.load_from_disk` folder of the ``records`` (a `DatasetDict` by split when they
+    have splits) without rewriting it: one Arrow shard per slide, written when the slide is new or its bag file or
+    columns changed, kept otherwise, removed when the slide is gone. None when there is no record.
+
+    `datasets` can only save a dataset whole; this writes its on-disk state (``state.json`` listing the shards,
+    ``dataset_info.json``, ``dataset_dict.json``) the way `save_to_disk` does, so `load_from_disk` reads it.
+    """
+    folder, records = Path(folder), sorted(records, key=lambda record: (str(record.split), record.slide_id))
+    if not records:
+        return None
+    splits = sorted({record.split for record in records}, key=str)
+    as_dict = splits != [None]
+    if (folder / ("state.json" if as_dict else "dataset_dict.json")).exists():
+        shutil.rmtree(folder)  # the layout changed (splits added or dropped): start again
+    schema = repr(features)
+    for split in splits:
+        _update_split(folder / split if as_dict else folder, split, [r for r in records if r.split == split],
+                      features, schema, read_bag)  # fmt: skip
+    if as_dict:
+        for stale in (child for child in folder.iterdir() if child.is_dir() and child.name not in splits):
+            shutil.rmtree(stale)
+        write_text(folder / "dataset_dict.json", json.dumps({"splits": splits}))
+    return folder
+
+
+def _update_split(folder: Path, split: str | None, records: list[BagRecord], features: datasets.Features,
+                  schema: str, read_bag: Callable[[Path], Mapping[str, Any]]) -> None:  # fmt: skip
+    from datasets.arrow_writer import ArrowWriter
+
+    index_file = folder / "shards.json"
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    shards = {}
+    for record in records:
+        shard = f"{safe_name(record.slide_id)}.arrow"
+        stat = record.bag_file.stat()
+        stamp = hashlib.sha1(json.dumps([stat.st_size, stat.st_mtime_ns, schema, dict(record.metadata)],
+                                        sort_keys=True, default=str).encode()).hexdigest()  # fmt: skip
+        if index.get(shard) != stamp or not (folder / shard).exists():
+            row = normalise_bag({**read_bag(record.bag_file), **record.metadata}, features["features"].dtype)
+            with atomic_path(folder / shard) as partial, ArrowWriter(features=features, path=str(partial)) as writer:
+                writer.write(features.encode_example(row))
+                writer.finalize()
+        shards[shard] = stamp
+    for stale in folder.glob("*.arrow"):
+        if stale.name not in shards:
+            stale.unlink()
+    state = {"_data_files": [{"filename": shard} for shard in shards], "_format_columns": None, "_format_kwargs": {},
+             "_format_type": None, "_output_all_columns": False, "_split": split,
+             "_fingerprint": hashlib.sha1("".join(shards.values()).encode()).hexdigest()[:16]}  # fmt: skip
+    info = asdict(datasets.DatasetInfo(features=features))  # `datasets`' own asdict, as save_to_disk uses
+    write_text(folder / "dataset_info.json", json.dumps({key: info[key] for key in sorted(info)}, indent=2))
+    write_text(folder / "state.json", json.dumps(state, indent=2, sort_keys=True))
+    write_text(index_file, json.dumps(shards, indent=2))

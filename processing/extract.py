@@ -3,10 +3,12 @@
 Layout of an output folder::
 
     manifest.json              encoder, tiling options, package versions (a rerun must match it)
-    bags/<slide_id>.safetensors  one finished slide (written atomically: its presence marks completion)
+    bags/<slide_id>.safetensors  one finished slide (written atomically and durably; a bag that cannot be read,
+                               or whose mpp disagrees with the cohort table, is extracted again)
     tissue/<slide_id>.png      tissue-mask overlay for quality control
-    report.json                the last run: done, already done, failed (with reasons)
-    dataset/                   the feature-bag dataset, rebuilt from bags/ at the end
+    report.json                the last run: done, already done, extracted again, failed (with reasons)
+    dataset/                   the feature-bag dataset (a DatasetDict by split with a cohort table), one Arrow
+                               shard per slide, updated from bags/ at the end (unchanged slides are not rewritten)
 
 Slides are split across processes when launched with ``torchrun`` or ``accelerate launch`` (on GPUs;
 accelerate's multi-process CPU mode needs MPI, torchrun does not).
@@ -17,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from safetensors import safe_open
@@ -29,8 +33,9 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..files import atomic_path, write_text
-from .bags import save_dataset, write_bags
+from ..files import atomic_path, safe_name, write_text
+from .bags import BagRecord, bag_features, update_bag_dataset, write_parquet
+from .cohort_table import CohortTable
 from .encoders import PatchEncoder
 from .reader import SlideError, SlideReader, resize_patches
 from .tiler import Tiling, TilingOptions, tile_slide
@@ -59,12 +64,32 @@ class ExtractionOptions:
     parquet: bool = False
 
 
+# Options that change the features, and the command-line flag that sets each (a resumed run must keep them).
+FEATURE_OPTIONS = {"target_mpp": "--target-mpp", "patch_size": "--patch-size", "min_tissue_fraction": "--min-tissue",
+                   "min_area_um2": "min_area_um2", "mpp": "--mpp"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SlideSpec:
+    """A slide to extract: its file, its id (default: the file name without suffix) and its mpp (default: the
+    run's ``--mpp``, else the slide's metadata)."""
+
+    path: Path
+    slide_id: str | None = None
+    mpp: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.slide_id or Path(self.path).stem
+
+
 @dataclass
 class ExtractionReport:
-    """What a run did; ``failed`` maps slide ids to the reason."""
+    """What a run did; ``failed`` and ``extracted_again`` map slide ids to the reason."""
 
     done: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
+    extracted_again: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     dataset: str | None = None
     processes: int = 1
@@ -72,6 +97,7 @@ class ExtractionReport:
 
     def summary(self) -> str:
         lines = [f"{len(self.done)} extracted, {len(self.already_done)} already done, {len(self.failed)} failed"]
+        lines += [f"  extracted again {slide}: {reason}" for slide, reason in self.extracted_again.items()]
         lines += [f"  FAILED {slide}: {reason}" for slide, reason in self.failed.items()]
         return "\n".join(lines)
 
@@ -117,16 +143,20 @@ class PatchReadDataset(Dataset):
         return self.encoder.preprocess(pixels)
 
 
-def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, device: torch.device) -> tuple:
-    """Tile and encode one slide; return ``(tiling, features [N, D] float32)``."""
-    with SlideReader(path, mpp=options.mpp) as reader:
+def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, device: torch.device, *,
+                 mpp: float | None = None, slide_id: str | None = None) -> tuple:  # fmt: skip
+    """Tile and encode one slide (``mpp`` overrides the run's and the slide's); return ``(tiling, features)``."""
+    mpp = mpp or options.mpp
+    with SlideReader(path, mpp=mpp) as reader:
         tiling = tile_slide(reader, options.tiling)
+    if slide_id:
+        tiling.slide_id = slide_id
     if len(tiling.coords) == 0:
         raise SlideError(
             f"slide {tiling.slide_id!r}: no tissue found (no patch reaches min_tissue_fraction="
             f"{options.tiling.min_tissue_fraction}); check tissue/{tiling.slide_id}.png or lower the threshold."
         )
-    dataset = PatchReadDataset(path, tiling, encoder, options.mpp)
+    dataset = PatchReadDataset(path, tiling, encoder, mpp)
     loader = DataLoader(
         dataset,
         batch_size=options.batch_size,
@@ -150,6 +180,7 @@ def write_bag_file(path: Path, tiling: Tiling, features: torch.Tensor, encoder: 
     metadata = {
         "slide_id": tiling.slide_id,
         "patch_size_level0": str(tiling.patch_size_level0),
+        "patch_size": str(tiling.patch_size),
         "mpp": str(tiling.mpp),
         "encoder": encoder.name,
     }
@@ -168,9 +199,22 @@ def read_bag_file(path: Path) -> dict:
         "features": features,
         "coords": coords,
         "patch_size_level0": int(metadata["patch_size_level0"]),
+        "patch_size_px": int(metadata["patch_size"]) if "patch_size" in metadata else None,
         "mpp": float(metadata["mpp"]),
         "encoder": metadata["encoder"],
     }
+
+
+def bag_metadata(path: Path) -> dict[str, str] | None:
+    """A finished bag's metadata, or None when the file cannot be read (torn by a crash, truncated, empty)."""
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            metadata = handle.metadata() or {}
+            if set(handle.keys()) != {"features", "coords"} or "slide_id" not in metadata:
+                return None
+            return metadata
+    except Exception:  # safetensors raises several types for a damaged header
+        return None
 
 
 def _manifest(encoder: PatchEncoder, options: ExtractionOptions) -> dict:
@@ -186,33 +230,49 @@ def _manifest(encoder: PatchEncoder, options: ExtractionOptions) -> dict:
 
 
 def check_manifest(output: Path, manifest: dict) -> None:
-    """Write the manifest of a new output folder, or check that a resumed run uses the same settings."""
+    """Write the manifest of a new output folder, or check that a resumed run makes the same features: it must
+    keep the encoder and every option in `FEATURE_OPTIONS` (the others, such as workers, may change)."""
     path = output / "manifest.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous["encoder"] != manifest["encoder"] or previous["options"] != manifest["options"]:
-            raise ValueError(
-                f"{output} holds bags made with other settings ({path}); resume with the same encoder and "
-                "options, or write to a new --output folder."
-            )
+    if not path.exists():
+        write_text(path, json.dumps(manifest, indent=2) + "\n")
         return
-    write_text(path, json.dumps(manifest, indent=2) + "\n")
+    previous = json.loads(path.read_text())
+    if previous["encoder"] != manifest["encoder"]:
+        raise ValueError(
+            f"{output} holds bags of encoder {previous['encoder'].get('name')!r} ({previous['encoder']}), this run "
+            f"uses {manifest['encoder'].get('name')!r} ({manifest['encoder']}): resume with --encoder "
+            f"{previous['encoder'].get('name')}, or write to a new --output folder."
+        )
+    before, now = _feature_options(previous["options"]), _feature_options(manifest["options"])
+    for name, flag in FEATURE_OPTIONS.items():
+        if before.get(name) != now.get(name):
+            raise ValueError(
+                f"{output} holds bags made with {flag} {before.get(name)}, this run asks for {flag} {now.get(name)}: "
+                f"it changes the features. Resume with {flag} {before.get(name)}, or write to a new --output folder."
+            )
+
+
+def _feature_options(options: dict) -> dict:
+    return {**options.get("tiling", {}), "mpp": options.get("mpp")}
 
 
 def run_extraction(
-    slides: Sequence[str | Path], output: str | Path, encoder: PatchEncoder, options: ExtractionOptions
-) -> ExtractionReport:
-    """Extract every slide not yet done into ``output``, then (re)build the dataset from all finished bags.
+    slides: Sequence[str | Path | SlideSpec], output: str | Path, encoder: PatchEncoder, options: ExtractionOptions,
+    *, cohort: CohortTable | None = None,
+) -> ExtractionReport:  # fmt: skip
+    """Extract every slide not yet done into ``output``, then update the dataset from all finished bags.
 
     A slide that fails (missing, corrupt, not a slide, no mpp, no tissue, ...) is reported and skipped;
-    the others go on. Under ``accelerate launch`` each process takes every n-th slide and the main
-    process builds the dataset once all are done.
+    the others go on. With a ``cohort`` table the dataset is a `DatasetDict` by its split column, with its
+    captions, labels and extra columns. Under ``accelerate launch`` each process takes every n-th slide and the
+    main process updates the dataset once all are done.
     """
     from accelerate import PartialState
 
     # cpu=True lets a GPU-less torchrun launch join one gloo group instead of running alone n times.
     state = PartialState(cpu=not torch.cuda.is_available())
     output = Path(output)
+    specs = [slide if isinstance(slide, SlideSpec) else SlideSpec(Path(slide)) for slide in slides]
     if state.is_main_process:
         check_manifest(output, _manifest(encoder, options))
     state.wait_for_everyone()
@@ -220,31 +280,44 @@ def run_extraction(
     device = state.device
     encoder.to(device)
     report = ExtractionReport()
-    mine = list(slides)[state.process_index :: state.num_processes]
-    for path in tqdm(mine, desc="slides", unit="slide", disable=not state.is_local_main_process):
-        path = Path(path)
-        bag_path = output / "bags" / f"{path.stem}.safetensors"
+    mine = specs[state.process_index :: state.num_processes]
+    for spec in tqdm(mine, desc="slides", unit="slide", disable=not state.is_local_main_process):
+        bag_path = output / "bags" / f"{safe_name(spec.name)}.safetensors"
         if bag_path.exists():
-            report.already_done.append(path.stem)
-            continue
+            stale = _stale_reason(bag_path, spec)
+            if stale is None:
+                report.already_done.append(spec.name)
+                continue
+            report.extracted_again[spec.name] = stale
         try:
-            tiling, features = encode_slide(path, encoder, options, device)
-            save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{path.stem}.png")
+            tiling, features = encode_slide(Path(spec.path), encoder, options, device, mpp=spec.mpp,
+                                            slide_id=spec.name)  # fmt: skip
+            save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{safe_name(spec.name)}.png")
             write_bag_file(bag_path, tiling, features, encoder)
-            report.done.append(path.stem)
+            report.done.append(spec.name)
         except SlideError as error:
-            report.failed[path.stem] = str(error)
+            report.failed[spec.name] = str(error)
         except Exception as error:  # one bad slide must not stop the cohort
             logger.debug(traceback.format_exc())
-            report.failed[path.stem] = f"slide {path.stem!r}: {type(error).__name__}: {error}"
+            report.failed[spec.name] = f"slide {spec.name!r}: {type(error).__name__}: {error}"
     report = _merge_reports(state, report)
     report.processes, report.is_main_process = state.num_processes, state.is_main_process
     if state.is_main_process:
-        dataset = build_dataset(output, options.parquet)
+        dataset = build_dataset(output, options.parquet, cohort=cohort)
         report.dataset = str(dataset) if dataset else None
         write_text(output / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     state.wait_for_everyone()
     return report
+
+
+def _stale_reason(bag_path: Path, spec: SlideSpec) -> str | None:
+    """Why a finished bag cannot be kept (None: keep it)."""
+    metadata = bag_metadata(bag_path)
+    if metadata is None:
+        return f"{bag_path.name} could not be read (a torn or empty file)"
+    if spec.mpp is not None and not math.isclose(float(metadata.get("mpp", "nan")), spec.mpp, rel_tol=1e-6):
+        return f"its bag was made at mpp {metadata.get('mpp')}, the cohort table now says {spec.mpp}"
+    return None
 
 
 def _merge_reports(state, report: ExtractionReport) -> ExtractionReport:
@@ -263,18 +336,26 @@ def _merge_reports(state, report: ExtractionReport) -> ExtractionReport:
     return merged
 
 
-def build_dataset(output: Path, parquet: bool = False) -> Path | None:
-    """Rebuild ``output/dataset`` from every finished bag file, sorted by slide id (None: no bag yet)."""
-    bag_files = sorted((output / "bags").glob("*.safetensors"))
-    if not bag_files:
+def build_dataset(output: Path, parquet: bool = False, *, cohort: CohortTable | None = None) -> Path | None:
+    """Update ``output/dataset`` from the finished bags (None: no bag yet): every bag, or with a ``cohort`` table
+    the bags of its rows, by split, with the table's columns; ``parquet`` also writes ``dataset_parquet/``."""
+    bags = {}
+    for path in sorted((output / "bags").glob("*.safetensors")):
+        metadata = bag_metadata(path)
+        if metadata is not None:
+            bags[metadata["slide_id"]] = path
+    if not bags:
         return None
-    with safe_open(str(bag_files[0]), framework="np") as handle:
+    with safe_open(str(next(iter(bags.values()))), framework="np") as handle:
         dimension = handle.get_slice("features").get_shape()[1]
-    arrow = output / "bags.arrow.partial"
-    dataset = write_bags((read_bag_file(path) for path in bag_files), arrow, dimension)
-    target = save_dataset(dataset, output / "dataset")
-    if parquet:
-        save_dataset(dataset, output / "dataset_parquet", parquet=True)
-    del dataset
-    arrow.unlink(missing_ok=True)
+    features = bag_features(dimension)
+    if cohort is None:
+        records = [BagRecord(slide_id, path) for slide_id, path in bags.items()]
+    else:
+        features = datasets.Features({**features, **cohort.features()})
+        records = [BagRecord(row.slide_id, bags[row.slide_id], row.split, cohort.metadata(row))
+                   for row in cohort.rows if row.slide_id in bags]  # fmt: skip
+    target = update_bag_dataset(output / "dataset", records, features, read_bag_file)
+    if parquet and target is not None:
+        write_parquet(datasets.load_from_disk(str(target)), output / "dataset_parquet")
     return target

@@ -25,6 +25,7 @@ import numpy as np
 from datasets.fingerprint import get_temporary_cache_files_directory
 
 from .bags import save_dataset, write_bags
+from .cohort_table import CohortTable
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +53,20 @@ def import_h5_folder(
     encoder: str | None = None,
     captions: Mapping[str, str] | str | Path | None = None,
     dtype: str = "float32",
-) -> datasets.Dataset:
+    cohort: CohortTable | None = None,
+) -> datasets.Dataset | datasets.DatasetDict:
     """Import every TRIDENT/CLAM ``<slide_id>.h5`` bag of ``folder`` (sorted by name) as one dataset.
 
     ``patch_size_level0`` overrides the files' geometry (CLAM feature files carry none); ``mpp`` and
     ``encoder`` fill in only where the files do not say. ``captions`` maps slide_id -> caption, or is
-    a CSV/JSON file with ``slide_id`` and ``caption`` columns. With ``output`` the dataset is saved
-    there (``save_to_disk``) and the saved copy is returned.
+    a CSV/JSON file with ``slide_id`` and ``caption`` columns. With a ``cohort`` table only its slides are
+    imported (by slide_id), with its mpp, captions, labels and extra columns, as a `DatasetDict` by its split
+    column. With ``output`` the dataset is saved there (``save_to_disk``) and the saved copy is returned.
     """
     options = _options(patch_size_level0, mpp, encoder, dtype)
     paths = _list_files(folder, ".h5", hint="for a CLAM feat_dir, point at its h5_files/ subfolder")
-    return _import(paths, lambda path: _read_h5_bag(path, options), output=output, captions=captions, dtype=dtype)
+    return _import(paths, lambda path: _read_h5_bag(path, options), output=output, captions=captions, dtype=dtype,
+                   cohort=cohort)  # fmt: skip
 
 
 def import_pt_folder(
@@ -75,7 +79,8 @@ def import_pt_folder(
     encoder: str | None = None,
     captions: Mapping[str, str] | str | Path | None = None,
     dtype: str = "float32",
-) -> datasets.Dataset:
+    cohort: CohortTable | None = None,
+) -> datasets.Dataset | datasets.DatasetDict:
     """Import every ``<slide_id>.pt`` feature tensor [N, D] of ``folder`` (CLAM ``pt_files/``).
 
     Coordinates and geometry come from ``coords_dir/<slide_id>.h5`` (CLAM patches) or
@@ -86,9 +91,8 @@ def import_pt_folder(
     coords_dir = Path(coords_dir)
     if not coords_dir.is_dir():
         raise ValueError(f"coords_dir {coords_dir} is not a folder (it should hold the patches .h5 files).")
-    return _import(
-        paths, lambda path: _read_clam_pt_bag(path, coords_dir, options), output=output, captions=captions, dtype=dtype
-    )
+    return _import(paths, lambda path: _read_clam_pt_bag(path, coords_dir, options), output=output,
+                   captions=captions, dtype=dtype, cohort=cohort)  # fmt: skip
 
 
 def _options(patch_size_level0: int | None, mpp: float | None, encoder: str | None, dtype: str) -> _Options:
@@ -116,8 +120,17 @@ def _import(
     output: str | Path | None,
     captions: Mapping[str, str] | str | Path | None,
     dtype: str,
-) -> datasets.Dataset:
+    cohort: CohortTable | None = None,
+) -> datasets.Dataset | datasets.DatasetDict:
     """Stream the bags into an Arrow file, then save it to ``output`` or return it memory-mapped."""
+    extra = None
+    if cohort is not None:
+        rows = cohort.by_id()
+        paths = [path for path in paths if path.stem in rows]
+        if not paths:
+            raise ValueError(f"no file of the folder matches a slide_id of {cohort.path}; name files <slide_id>.h5.")
+        read_bag = _with_cohort(read_bag, cohort)
+        extra = cohort.features()
     bags = _checked_bags(paths, read_bag, _load_captions(captions))
     first = next(bags, None)
     if first is None:
@@ -129,7 +142,7 @@ def _import(
         # temporary cache folder lives until the process exits, then is removed.
         scratch = Path(tempfile.mkdtemp(prefix="import-", dir=get_temporary_cache_files_directory()))
         try:
-            return write_bags(stream, scratch / "bags.arrow", feature_dim, dtype=dtype)
+            return _by_split(write_bags(stream, scratch / "bags.arrow", feature_dim, dtype=dtype, extra=extra), cohort)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -137,10 +150,29 @@ def _import(
     output.parent.mkdir(parents=True, exist_ok=True)
     # Same filesystem as the output, removed on success and on failure alike.
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as scratch:
-        dataset = write_bags(stream, Path(scratch) / "bags.arrow", feature_dim, dtype=dtype)
-        save_dataset(dataset, output)
+        dataset = write_bags(stream, Path(scratch) / "bags.arrow", feature_dim, dtype=dtype, extra=extra)
+        save_dataset(_by_split(dataset, cohort), output)
         del dataset  # drop the memory map before its file is removed
     return datasets.load_from_disk(str(output))
+
+
+def _with_cohort(read_bag: Callable[[Path], dict[str, Any]], cohort: CohortTable) -> Callable[[Path], dict]:
+    """A bag reader that adds the table's columns, and its mpp where the table gives one."""
+    rows = cohort.by_id()
+
+    def read(path: Path) -> dict[str, Any]:
+        bag, row = read_bag(path), rows[path.stem]
+        return {**bag, **cohort.metadata(row), "mpp": row.mpp if row.mpp is not None else bag.get("mpp")}
+
+    return read
+
+
+def _by_split(dataset: datasets.Dataset, cohort: CohortTable | None) -> datasets.Dataset | datasets.DatasetDict:
+    if cohort is None:
+        return dataset
+    names = sorted(set(dataset["split"]))
+    return datasets.DatasetDict({name: dataset.filter(lambda split, n=name: split == n, input_columns="split")
+                                 for name in names})  # fmt: skip
 
 
 def _checked_bags(

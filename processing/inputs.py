@@ -6,6 +6,7 @@ name (the ``pathflip.input_loaders`` entry point ``files``) or take it as ``inpu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,19 @@ import torch
 
 from .extract import SLIDE_SUFFIXES, ExtractionOptions, encode_slide, read_bag_file
 from .heatmap import overlay_png, slide_canvas, write_geojson
+from .tiler import TilingOptions
 
 
-def load_bags(path: str | Path, *, encoder: str | None = None, mpp: float | None = None) -> list[dict[str, Any]]:
-    """The bag(s) stored at ``path``.
+def iter_bags(
+    path: str | Path, *, encoder: str | None = None, mpp: float | None = None, patch_size_um: float | None = None,
+    patch_size_px: int | None = None, device: torch.device | str | None = None,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """The bag(s) stored at ``path``, one at a time.
 
-    A `save_to_disk` folder gives all its rows; ``.h5`` a TRIDENT/CLAM bag; ``.safetensors`` a bag written
-    by `pathflip extract`; ``.pt`` a ``torch.save``-d bag dict; a slide file (``.svs``, ``.tif``, ...) is
-    tiled and encoded with ``encoder``.
+    A `save_to_disk` folder gives its rows (read as they are needed); ``.h5`` a TRIDENT/CLAM bag; ``.safetensors`` a
+    bag written by `pathflip extract`; ``.pt`` a ``torch.save``-d bag dict; a slide file (``.svs``, ``.tif``, ...)
+    is tiled and encoded as the model was trained: ``encoder``, patches of ``patch_size_um`` µm and
+    ``patch_size_px`` pixels (256 when not recorded), on ``device``.
     """
     path = Path(path)
     if not path.exists():
@@ -32,27 +38,53 @@ def load_bags(path: str | Path, *, encoder: str | None = None, mpp: float | None
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             raise ValueError(f"{path} holds several splits ({list(loaded)}); pass the split's folder or its rows.")
-        return list(loaded.with_format("numpy"))
+        yield from loaded.with_format("numpy")
+        return
     suffix = path.suffix.lower()
     if suffix == ".h5":
         from .importers import read_h5_bag
 
-        return [read_h5_bag(path, mpp=mpp)]
-    if suffix == ".safetensors":
-        return [read_bag_file(path)]
-    if suffix == ".pt":
-        return [_read_torch_bag_dict(path)]
-    if suffix in SLIDE_SUFFIXES:
-        if encoder is None:
-            raise ValueError(f"{path} is a slide: pass patch_encoder= (the encoder the model was trained on).")
-        from .encoders import load_encoder
+        yield read_h5_bag(path, mpp=mpp)
+    elif suffix == ".safetensors":
+        yield read_bag_file(path)
+    elif suffix == ".pt":
+        yield _read_torch_bag_dict(path)
+    elif suffix in SLIDE_SUFFIXES:
+        yield encode_slide_file(path, encoder=encoder, mpp=mpp, patch_size_um=patch_size_um,
+                                patch_size_px=patch_size_px, device=device)  # fmt: skip
+    else:
+        raise ValueError(
+            f"{path}: unknown input type {suffix!r}; give a dataset folder, .h5, .pt, .safetensors or a slide."
+        )
 
-        tiling, features = encode_slide(path, load_encoder(encoder), ExtractionOptions(mpp=mpp), torch.device("cpu"))
-        return [{"slide_id": tiling.slide_id, "features": features, "coords": tiling.coords,
-                 "patch_size_level0": tiling.patch_size_level0, "mpp": tiling.mpp, "encoder": encoder}]  # fmt: skip
-    raise ValueError(
-        f"{path}: unknown input type {suffix!r}; give a dataset folder, .h5, .pt, .safetensors or a slide."
-    )
+
+def load_bags(path: str | Path, **options: Any) -> list[dict[str, Any]]:
+    """Every bag stored at ``path`` (see `iter_bags`)."""
+    return list(iter_bags(path, **options))
+
+
+def slide_tiling(patch_size_um: float | None, patch_size_px: int | None) -> TilingOptions:
+    """Patches as a model was trained on: ``patch_size_um`` µm per side in ``patch_size_px`` pixels (256 when only
+    the side in µm is known; the 20x default when neither is)."""
+    if patch_size_um is None:
+        return TilingOptions()
+    pixels = patch_size_px or TilingOptions().patch_size
+    return TilingOptions(target_mpp=patch_size_um / pixels, patch_size=pixels)
+
+
+def encode_slide_file(path: Path, *, encoder: str | None, mpp: float | None, patch_size_um: float | None,
+                      patch_size_px: int | None, device: torch.device | str | None) -> dict[str, Any]:  # fmt: skip
+    """One slide tiled and encoded into a bag."""
+    if encoder is None:
+        raise ValueError(f"{path} is a slide, and the model records no patch encoder: pass patch_encoder= "
+                         "(--patch-encoder), the encoder the model was trained on.")  # fmt: skip
+    from .encoders import load_encoder
+
+    options = ExtractionOptions(tiling=slide_tiling(patch_size_um, patch_size_px), mpp=mpp)
+    tiling, features = encode_slide(path, load_encoder(encoder).to(device or "cpu"), options,
+                                    torch.device(device or "cpu"))  # fmt: skip
+    return {"slide_id": tiling.slide_id, "features": features, "coords": tiling.coords,
+            "patch_size_level0": tiling.patch_size_level0, "mpp": tiling.mpp, "encoder": encoder}  # fmt: skip
 
 
 def _read_torch_bag_dict(path: Path) -> dict[str, Any]:
@@ -69,9 +101,11 @@ def _read_torch_bag_dict(path: Path) -> dict[str, Any]:
 class FileLoader:
     """What the pipelines need of files: `load_bags`, `slide_canvas` and `write_grounding`."""
 
-    def load_bags(self, source: str | Path, *, patch_encoder: str | None = None, mpp: float | None = None):
-        """The bag(s) at ``source`` (see `load_bags`)."""
-        return load_bags(source, encoder=patch_encoder, mpp=mpp)
+    def load_bags(self, source: str | Path, *, patch_encoder: str | None = None, mpp: float | None = None,
+                  patch_size_um: float | None = None, patch_size_px: int | None = None, device=None):  # fmt: skip
+        """The bag(s) at ``source`` (see `iter_bags`)."""
+        return load_bags(source, encoder=patch_encoder, mpp=mpp, patch_size_um=patch_size_um,
+                         patch_size_px=patch_size_px, device=device)  # fmt: skip
 
     def slide_canvas(self, source: str | Path, *, mpp: float | None = None, longest: int = 1024):
         """``(thumbnail, level-0 (width, height))`` of a slide file, or None when ``source`` is not a slide."""

@@ -22,10 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pathflip` command."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
-        return jobs.command_train(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["train"]:
+            return jobs.command_train(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except ValueError as error:  # bad input: say what and how to fix it, without a traceback
         print(f"error: {error}", file=sys.stderr)

@@ -11,8 +11,8 @@ from ..files import write_text
 from ..processing.tiler import TilingOptions
 
 
-def _tiling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("slides", nargs="+", help="slide files or folders of slides")
+def _tiling_arguments(parser: argparse.ArgumentParser, slides: str = "+") -> None:
+    parser.add_argument("slides", nargs=slides, help="slide files or folders of slides")
     parser.add_argument("--output", "-o", required=True, help="output folder")
     parser.add_argument("--mpp", type=float, help="microns per level-0 pixel (overrides slide metadata)")
     parser.add_argument("--target-mpp", type=float, default=0.5, help="patch resolution (default 0.5, ~20x)")
@@ -52,10 +52,16 @@ def command_tile(args: argparse.Namespace) -> int:
 
 
 def command_extract(args: argparse.Namespace) -> int:
-    """Extract feature bags into a resumable output folder and a `datasets` dataset."""
+    """Extract feature bags into a resumable output folder and a `datasets` dataset (by split, with captions and
+    labels, when a cohort table describes the slides)."""
     from ..processing.encoders import load_encoder
-    from ..processing.extract import ExtractionOptions, find_slides, run_extraction
+    from ..processing.extract import ExtractionOptions, SlideSpec, find_slides, run_extraction
 
+    if bool(args.slides) == bool(args.table):
+        raise ValueError("give the slides (files or folders) or --table cohort.csv, one of the two.")
+    cohort = _cohort(args)
+    slides = find_slides(args.slides) if args.slides else [SlideSpec(row.slide, row.slide_id, row.mpp)
+                                                            for row in cohort.rows]  # fmt: skip
     options = ExtractionOptions(
         tiling=_tiling_options(args),
         mpp=args.mpp,
@@ -63,30 +69,49 @@ def command_extract(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         parquet=args.parquet,
     )
-    report = run_extraction(find_slides(args.slides), args.output, load_encoder(args.encoder), options)
+    report = run_extraction(slides, args.output, load_encoder(args.encoder), options, cohort=cohort)
     if report.is_main_process:
         print(report.summary())
         if report.dataset:
-            print(f"dataset: {report.dataset}")
+            print(f"dataset: {report.dataset}" + (f" (classes, label order: {cohort.class_names})" if cohort else ""))
     return 1 if report.failed else 0
 
 
+def _cohort(args: argparse.Namespace):
+    """The cohort table of ``--table`` (None without one)."""
+    if args.class_order and not args.table:
+        raise ValueError("--class-order orders the labels of a cohort table: give --table too.")
+    if not args.table:
+        return None
+    from ..processing.cohort_table import read_cohort_table
+
+    return read_cohort_table(args.table, class_order=args.class_order)
+
+
 def command_import(args: argparse.Namespace) -> int:
-    """Import TRIDENT/CLAM .h5 or .pt bags into a feature-bag dataset."""
+    """Import TRIDENT/CLAM .h5 or .pt bags into a feature-bag dataset (by split, with captions and labels, when a
+    cohort table describes the slides)."""
     from ..processing import importers
 
+    cohort = _cohort(args)
     options = {
         "output": args.output,
         "patch_size_level0": args.patch_size_level0,
         "mpp": args.mpp,
         "captions": args.captions,
+        "cohort": cohort,
     }
     if args.coords_dir:
         dataset = importers.import_pt_folder(args.folder, coords_dir=args.coords_dir, **options)
     else:
         dataset = importers.import_h5_folder(args.folder, **options)
-    print(f"{len(dataset)} slides -> {args.output}")
-    return 0
+    splits = dataset if hasattr(dataset, "keys") else {"": dataset}
+    found = {slide_id for split in splits.values() for slide_id in split["slide_id"]}
+    print(f"{len(found)} slides -> {args.output}" + (f" (splits {sorted(splits)})" if cohort else ""))
+    missing = sorted({row.slide_id for row in cohort.rows} - found) if cohort else []
+    for slide_id in missing:
+        print(f"MISSING {slide_id}: no <slide_id>.h5 / .pt in {args.folder}", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def command_decompose(args: argparse.Namespace) -> int:
@@ -121,7 +146,8 @@ def add_verbs(commands) -> None:
     tile.set_defaults(run=command_tile)
 
     extract = commands.add_parser("extract", help=command_extract.__doc__)
-    _tiling_arguments(extract)
+    _tiling_arguments(extract, slides="*")
+    _table_arguments(extract)
     extract.add_argument("--encoder", default="stain-texture", help="stain-texture, a HF path/id, or timm:<name>")
     extract.add_argument("--batch-size", type=int, default=64)
     extract.add_argument("--num-workers", type=int, default=2, help="slide-reading worker processes")
@@ -135,6 +161,7 @@ def add_verbs(commands) -> None:
     importer.add_argument("--patch-size-level0", type=int, help="patch side in level-0 px, if the files lack it")
     importer.add_argument("--mpp", type=float, help="microns per level-0 pixel, if the files lack it")
     importer.add_argument("--captions", help="CSV or JSON with slide_id and caption columns")
+    _table_arguments(importer)
     importer.set_defaults(run=command_import)
 
     decompose = commands.add_parser("decompose", help=command_decompose.__doc__)
@@ -145,3 +172,8 @@ def add_verbs(commands) -> None:
     decompose.add_argument("--max-new-tokens", type=int, default=200)
     decompose.set_defaults(run=command_decompose)
 
+
+
+def _table_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", help="cohort table (CSV/TSV/parquet): slide, slide_id, mpp, caption, label, split")
+    parser.add_argument("--class-order", nargs="+", help="label order of the table's classes (default: sorted)")

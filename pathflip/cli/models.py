@@ -18,15 +18,14 @@ def command_heatmap(args: argparse.Namespace) -> int:
 
 def command_classify(args: argparse.Namespace) -> int:
     """Zero-shot slide classification: one JSON line per slide with the ranked labels."""
-    from ..processing.inputs import load_bags
-
     classifier = _pipeline("zero-shot-slide-classification", args)
     templates = {"hypothesis_template": args.template} if args.template else {}
     records = []
     for source in args.inputs:
-        for bag in load_bags(source, encoder=args.patch_encoder, mpp=args.mpp):
-            ranked = classifier(bag, candidate_labels=args.labels, top_k=args.top_k, **templates)
-            records.append({"slide_id": bag.get("slide_id") or str(source), "predictions": ranked})
+        for name, bag in _inputs(source):
+            ranked = classifier(bag, candidate_labels=args.labels, top_k=args.top_k, patch_encoder=args.patch_encoder,
+                                mpp=args.mpp, **templates)  # fmt: skip
+            records.append({"slide_id": name, "predictions": ranked})
     _emit(records, args.output)
     return 0
 
@@ -36,16 +35,16 @@ def command_retrieve(args: argparse.Namespace) -> int:
     import datasets
 
     from ..processing.bags import save_dataset
-    from ..processing.inputs import load_bags
 
     retriever = _pipeline("slide-text-retrieval", args)
     if args.slide:
         if not args.text:
             raise ValueError("--slide ranks candidate texts: give them with --text (repeatable).")
         records = []
-        for bag in load_bags(args.slide, encoder=args.patch_encoder, mpp=args.mpp):
-            matches = retriever(bag, candidate_texts=args.text, top_k=args.top_k)
-            records.append({"slide_id": bag.get("slide_id") or args.slide, "matches": matches})
+        for name, bag in _inputs(args.slide):
+            matches = retriever(bag, candidate_texts=args.text, top_k=args.top_k, patch_encoder=args.patch_encoder,
+                                mpp=args.mpp)  # fmt: skip
+            records.append({"slide_id": name, "matches": matches})
     else:
         if not (args.index and args.query):
             raise ValueError("give --index DATASET with --query TEXT (repeatable), or --slide INPUT with --text.")
@@ -57,6 +56,19 @@ def command_retrieve(args: argparse.Namespace) -> int:
         records = [{"query": query, "matches": retriever(query, index=index, top_k=args.top_k)} for query in args.query]
     _emit(records, args.output)
     return 0
+
+
+def _inputs(source: str):
+    """``(slide id, input)`` pairs of one command-line input: a dataset folder's rows one at a time, else the path
+    itself (the pipeline reads it, encoding a slide file as the model records)."""
+    path = Path(source)
+    if path.is_dir():
+        from ..processing.inputs import iter_bags
+
+        for number, bag in enumerate(iter_bags(path)):
+            yield str(bag.get("slide_id") or f"{path.name}[{number}]"), bag
+    else:
+        yield path.stem, str(path)
 
 
 def command_eval(args: argparse.Namespace) -> int:
@@ -74,8 +86,11 @@ def command_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset} has splits {list(loaded)}; choose one with --split.")
         loaded = loaded[args.split]
     model_type = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).model_type
-    evaluate = evaluate_generation if model_type == "pathflip_generation" else evaluate_model
-    metrics = evaluate(args.model, loaded, class_names=args.class_names, trust_remote_code=args.trust_remote_code)
+    options = {"class_names": args.class_names, "trust_remote_code": args.trust_remote_code}
+    if model_type == "pathflip_generation":
+        metrics = evaluate_generation(args.model, loaded, **options)
+    else:
+        metrics = evaluate_model(args.model, loaded, label_column=args.label_column, **options)
     path = write_report(metrics, args.output)
     print((path.parent / "metrics.md").read_text())
     return 0
@@ -100,7 +115,7 @@ def _emit(records: list[dict], output: str | None) -> None:
 
 
 def _model_input_arguments(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
-    parser.add_argument("--patch-encoder", help="encoder for slide inputs (the model's patch encoder)")
+    parser.add_argument("--patch-encoder", help="encoder for slide inputs (default: the one the model records)")
     parser.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides without it")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     if json_output:
@@ -144,6 +159,7 @@ def add_verbs(commands) -> None:
     evaluate.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
     evaluate.add_argument("--split", default="test", help="split of a DatasetDict (default test)")
     evaluate.add_argument("--class-names", nargs="+", help="zero-shot classes (default: the label column's names)")
+    evaluate.add_argument("--label-column", default="label", help="column of the diagnoses (class index or name)")
     evaluate.add_argument("--output", "-o", required=True, help="folder for metrics.json and metrics.md")
     evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     evaluate.set_defaults(run=command_eval)

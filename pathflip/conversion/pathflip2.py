@@ -107,6 +107,7 @@ def config_from_hparams(hparams: dict[str, Any], text_config) -> PathFLIP2Config
         local_logit_scale_init_value=float(hparams.get("init_logit_scale", 10.0)),
         local_logit_bias_init_value=float(hparams.get("init_logit_bias", -10.0)),
         max_patches=int(hparams.get("num_patch_samples", 4096)), patch_encoder="conch_v1", patch_size_um=128.0,
+        patch_size_px=256,
     )  # fmt: skip
 
 

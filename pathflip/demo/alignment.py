@@ -124,8 +124,9 @@ def _minilm_folder() -> Path | None:
     return None if spec is None else Path(spec.origin).parent / "model"
 
 
-def train(options: DemoOptions, run_dir: Path, patch_dim: int) -> Path:
-    """Pretrain with `pathflip train`'s code (what a user runs); skipped when the model is saved."""
+def train(options: DemoOptions, run_dir: Path, patch_dim: int, train_rows: int) -> Path:
+    """Pretrain with `pathflip train`'s code (what a user runs); skipped when the model is saved. Batches of 16
+    slides, or of every training slide when a small cohort has fewer."""
     model_dir = run_dir / "model"
     if (model_dir / "model.safetensors").exists():
         return model_dir
@@ -139,7 +140,8 @@ def train(options: DemoOptions, run_dir: Path, patch_dim: int) -> Path:
         "--config_name", str(config_file), *text_options,
         "--dataset_name_or_path", str(options.output / "dataset"), "--train_split", "train",
         "--output_dir", str(checkpoints), "--do_train", "--max_steps", str(options.max_steps),
-        "--per_device_train_batch_size", "16", "--learning_rate", str(options.learning_rate), "--warmup_steps", "10",
+        "--per_device_train_batch_size", str(min(16, train_rows)), "--learning_rate", str(options.learning_rate),
+        "--warmup_steps", "10",
         "--weight_decay", "0.01", "--logging_steps", "20", "--save_steps", "80", "--save_total_limit", "1",
         "--max_regions", "64", "--seed", str(options.seed), "--report_to", "none", "--disable_tqdm", "false",
         *resume,

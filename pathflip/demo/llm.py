@@ -82,13 +82,16 @@ def train_language_model(options: DemoOptions, instructions, steps: int) -> Path
 
 def run_stage(options: DemoOptions, stage: str, source: Path, dataset_dir: Path, steps: int, extra: list[str]) -> Path:
     """One LLM stage through `pathflip train`'s code; skipped when its folder is saved."""
+    import datasets
+
     output = options.output / f"llm-{stage}"
     if (output / "model.safetensors").exists():
         return output
     arguments = [
         "--stage", stage, "--model_name_or_path", str(source),
         "--dataset_name_or_path", str(dataset_dir), "--train_split", "train", "--output_dir", str(output),
-        "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
+        "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size",
+        str(min(16, len(datasets.load_from_disk(str(dataset_dir))["train"]))), "--learning_rate", "2e-3",
         "--warmup_steps", "10", "--logging_steps", "25", "--save_strategy", "no", "--seed", str(options.seed),
         "--report_to", "none", "--disable_tqdm", "false", *extra,
     ]  # fmt: skip

@@ -20,7 +20,7 @@ def run_demo(options: DemoOptions) -> dict:
     dataset = build_dataset(options)
     run_dir = options.output if options.ablation is None else options.output / f"ablation-{options.ablation}"
     patch_dim = len(dataset["train"][0]["features"][0])
-    model_dir = train(options, run_dir, patch_dim)
+    model_dir = train(options, run_dir, patch_dim, len(dataset["train"]))
     metrics = evaluate(model_dir, dataset, run_dir)
     minilm = "--freeze_text_model" in train_options(run_dir)
     write_card(model_dir, metrics, options, minilm)

@@ -20,6 +20,11 @@ class ModelArguments:
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder (default: text model)."})
     freeze_text_model: bool = field(default=False, metadata={"help": "Keep the text tower's weights fixed."})
+    qformer_init_from: str | None = field(
+        default=None,
+        metadata={"help": "A BERT-like folder or Hub id whose layers initialise a new model's Q-Former (BLIP-2's "
+                  "mapping; cross-attention stays new). Default: random, as the paper's released code."},
+    )  # fmt: skip
     stage: str = field(
         default="align",
         metadata={
@@ -42,7 +47,11 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset_name_or_path: str = field(metadata={"help": "A save_to_disk folder or a `load_dataset` name."})
+    dataset_name_or_path: str = field(
+        metadata={"help": "A save_to_disk folder, parquet files (a folder of <split>-*.parquet or one file), or a Hub "
+                  "dataset id."}  # fmt: skip
+    )
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset (for datasets larger than memory)."})
     train_split: str = field(default="train")
     eval_split: str | None = field(default=None, metadata={"help": "Split for evaluation (default: none)."})
     features_column: str = field(default="features", metadata={"help": "Column of the [N, D] patch features."})
@@ -58,7 +67,10 @@ class DataArguments:
     max_patches: int | None = field(
         default=None, metadata={"help": "PathFLIP2: patches sampled per slide in training (default: the config's)."}
     )
-    class_names: list[str] | None = field(default=None, metadata={"help": "Zero-shot class names, label order."})
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Zero-shot class names in label order (default: the label column's ClassLabel names)."},
+    )
     prompt_templates: list[str] = field(
         default_factory=lambda: list(ZERO_SHOT_TEMPLATES),
         metadata={"help": "Zero-shot prompt ensemble; '{}' is replaced by the class name (default: pathflip eval's)."},

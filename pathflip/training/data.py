@@ -13,23 +13,79 @@ from ..processing.bags import check_columns
 from .arguments import DataArguments
 from .records import VQA_COLUMNS, record_texts
 
+COLUMN_OPTIONS = {"features_column": "features", "coords_column": "coords", "caption_column": "caption",
+                  "question_column": "question", "options_column": "options", "answer_column": "answer"}  # fmt: skip
 
-def load_splits(args: DataArguments) -> datasets.DatasetDict:
-    """The dataset folder (save_to_disk) or Hub/local builder name, as a DatasetDict with the standard columns."""
+
+def load_splits(args: DataArguments) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    """The dataset, as splits with the standard column names: a `save_to_disk` folder, parquet files (a folder of
+    ``<split>-*.parquet`` shards as `pathflip extract --parquet` writes, or one file) or a Hub dataset id; streamed
+    with ``--streaming``. Errors name a wrong split or a ``--*_column`` the dataset does not have."""
     path = Path(args.dataset_name_or_path)
-    if path.exists():
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict({args.train_split: loaded})
+        if args.streaming:
+            loaded = datasets.IterableDatasetDict({name: split.to_iterable_dataset() for name, split in loaded.items()})
+    elif path.exists():
+        loaded = datasets.load_dataset("parquet", data_files=_parquet_files(path), streaming=args.streaming)
     else:
-        loaded = datasets.load_dataset(args.dataset_name_or_path)
-    if isinstance(loaded, datasets.Dataset):
-        loaded = datasets.DatasetDict({args.train_split: loaded})
-    renames = {
-        args.features_column: "features", args.coords_column: "coords", args.caption_column: "caption",
-        args.question_column: "question", args.options_column: "options", args.answer_column: "answer",
-    }  # fmt: skip
-    columns = set(next(iter(loaded.values())).column_names)
+        loaded = datasets.load_dataset(args.dataset_name_or_path, streaming=args.streaming)
+    for option, split in (("--train_split", args.train_split), ("--eval_split", args.eval_split)):
+        if split is not None and split not in loaded:
+            raise ValueError(f"{option} {split!r} is not a split of {args.dataset_name_or_path}; it has "
+                             f"{list(loaded)}.")  # fmt: skip
+    columns = set(next(iter(loaded.values())).column_names or [])
+    for option, standard in COLUMN_OPTIONS.items():
+        name = getattr(args, option)
+        if name != standard and name not in columns:
+            raise ValueError(f"--{option} {name!r} is not a column of {args.dataset_name_or_path} "
+                             f"(columns: {sorted(columns)}).")  # fmt: skip
+    renames = {getattr(args, option): standard for option, standard in COLUMN_OPTIONS.items()}
     renames = {old: new for old, new in renames.items() if old != new and old in columns}
     return loaded.rename_columns(renames) if renames else loaded
+
+
+def _parquet_files(path: Path) -> dict[str, list[str]]:
+    """Parquet files by split: ``<split>-*.parquet`` (or ``<split>/*.parquet``) shards; others are ``train``."""
+    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    if not files or any(file.suffix != ".parquet" for file in files):
+        raise ValueError(f"{path} is neither a dataset folder (save_to_disk) nor parquet files; give one of the two, "
+                         "or a Hub dataset id.")  # fmt: skip
+    by_split: dict[str, list[str]] = {}
+    for file in files:
+        split = file.parent.name if file.parent != path and path.is_dir() else file.name.split("-")[0]
+        split = split if split and split != file.stem else "train"
+        by_split.setdefault(split, []).append(str(file))
+    return by_split
+
+
+def first_row(dataset) -> dict:
+    """The first row of a dataset, streamed or not."""
+    return next(iter(dataset))
+
+
+def column_values(dataset, column: str) -> list:
+    """A column's distinct values (streamed datasets are read through once)."""
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.unique(column)
+    return list(dict.fromkeys(row[column] for row in dataset.select_columns([column])))
+
+
+def check_batch_size(train_set, training_args) -> None:
+    """Refuse a train split smaller than one global batch: with equal batches on every process (drop_last) it would
+    train 0 steps and save an untrained model."""
+    if not hasattr(train_set, "__len__"):
+        return  # streamed: its length is unknown
+    per_device, processes = training_args.per_device_train_batch_size, training_args.world_size
+    if len(train_set) < per_device * processes:
+        fitting = max(1, len(train_set) // processes)
+        raise ValueError(
+            f"the train split has {len(train_set)} rows, fewer than one global batch (--per_device_train_batch_size "
+            f"{per_device} x {processes} process(es) = {per_device * processes}), so no step would train: lower "
+            f"--per_device_train_batch_size to {fitting} or fewer, or add slides."
+        )
 
 
 def check_dataset(dataset: datasets.Dataset, name: str, patch_dim: int, stage: str = "align") -> None:
@@ -40,7 +96,7 @@ def check_dataset(dataset: datasets.Dataset, name: str, patch_dim: int, stage: s
         raise ValueError(
             f"{name} split has no caption column (columns: {dataset.column_names}); pass --caption_column."
         )
-    dim = np.asarray(dataset[0]["features"]).shape[-1]
+    dim = np.asarray(first_row(dataset)["features"]).shape[-1]
     if dim != patch_dim:
         raise ValueError(
             f"{name} split has {dim}-dim features but the model expects patch_dim={patch_dim}; "
@@ -58,10 +114,11 @@ def check_dataset(dataset: datasets.Dataset, name: str, patch_dim: int, stage: s
 
 
 def record_input_contract(config: PathFLIPConfig, dataset: datasets.Dataset, name: str = "train") -> None:
-    """Write the bags' patch encoder and patch side (µm) into ``config``: the model card's input contract, and
-    what the pipelines use to encode slide files. Refuses mixed encoders and features of another encoder."""
-    columns = dataset.column_names
-    encoders = sorted({str(value) for value in dataset.unique("encoder") if value}) if "encoder" in columns else []
+    """Write the bags' patch encoder and patch side (µm, and pixels when extraction recorded it) into ``config``:
+    the model card's input contract, and how the pipelines tile and encode slide files. Refuses mixed encoders
+    and features of another encoder."""
+    columns = dataset.column_names or []
+    encoders = [] if "encoder" not in columns else sorted({str(v) for v in column_values(dataset, "encoder") if v})
     if len(encoders) > 1:
         raise ValueError(
             f"{name} split mixes patch encoders {encoders}: a model reads one encoder's features. Keep one with "
@@ -76,6 +133,10 @@ def record_input_contract(config: PathFLIPConfig, dataset: datasets.Dataset, nam
         config.patch_encoder = encoders[0]
     if "mpp" in columns:
         table = dataset.select_columns(["patch_size_level0", "mpp"])
-        sides = [size * mpp for size, mpp in zip(table["patch_size_level0"], table["mpp"], strict=True) if mpp]
+        sides = [row["patch_size_level0"] * row["mpp"] for row in table if row["mpp"]]
         if sides:
             config.patch_size_um = round(float(np.median(sides)), 3)
+    if "patch_size_px" in columns:
+        pixels = [value for value in column_values(dataset, "patch_size_px") if value]
+        if pixels:
+            config.patch_size_px = int(np.median(pixels))

@@ -25,7 +25,7 @@ from pathlib import Path
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from .arguments import DataArguments, ModelArguments
-from .data import load_splits
+from .data import check_batch_size, load_splits
 from .stages import alignment_trainer, generation_trainer
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     splits = load_splits(data_args)
     train_set = splits[data_args.train_split]
     eval_set = splits[data_args.eval_split] if data_args.eval_split else None
+    if training_args.do_train:
+        check_batch_size(train_set, training_args)
     build_trainer = alignment_trainer if model_args.stage == "align" else generation_trainer
     hub = take_over_hub_push(training_args)
     trainer, save = build_trainer(model_args, data_args, training_args, train_set, eval_set)

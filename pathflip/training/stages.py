@@ -23,10 +23,11 @@ from modeling_pathflip import (
 )
 
 from ..eval.metrics import retrieval_metrics
-from ..eval.runner import zero_shot_metrics
+from ..eval.runner import zero_shot_labels, zero_shot_metrics
 from .arguments import DataArguments, ModelArguments
 from .collator import EpochCallback, PathFLIPCollator
-from .data import check_dataset, record_input_contract
+from .data import check_dataset, first_row, record_input_contract
+from .qformer_init import initialise_qformer_from_bert
 from .trainer import PathFLIPTrainer
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,15 @@ def build_model(model_args: ModelArguments, dataset: datasets.Dataset):
     elif model_args.text_model_name_or_path is None:
         raise ValueError("Give --config_name, --model_name_or_path or --text_model_name_or_path.")
     else:
-        dim = np.asarray(dataset[0]["features"]).shape[-1]
+        dim = np.asarray(first_row(dataset)["features"]).shape[-1]
         text_config = AutoConfig.from_pretrained(model_args.text_model_name_or_path).to_dict()
         config = PathFLIPConfig(patch_dim=dim, text_config=text_config)
     model = ALIGNMENT_MODELS[config.model_type][1](config)
+    if model_args.qformer_init_from:
+        if config.model_type != "pathflip":
+            raise ValueError(f"--qformer_init_from initialises PathFLIP's Q-Former; a {config.model_type} has none.")
+        copied = initialise_qformer_from_bert(model, AutoModel.from_pretrained(model_args.qformer_init_from))
+        logger.info("Q-Former initialised from %s (%d tensors)", model_args.qformer_init_from, len(copied))
     if model_args.text_model_name_or_path:
         pretrained = AutoModel.from_pretrained(model_args.text_model_name_or_path)
         missing, _ = model.text_model.load_state_dict(pretrained.state_dict(), strict=False)
@@ -71,16 +77,16 @@ def _alignment_config(name: str) -> PretrainedConfig:
     return ALIGNMENT_MODELS[model_type][0].from_pretrained(name)
 
 
-def make_compute_metrics(model: PathFLIPModel, processor: PathFLIPProcessor, labels, data_args: DataArguments):
-    """Retrieval Recall@k over the eval set, plus zero-shot metrics (as `pathflip eval` computes them) when
-    labels and classes are given."""
+def make_compute_metrics(model, processor, labels: tuple | None, data_args: DataArguments):
+    """Retrieval Recall@k over the eval set, plus zero-shot metrics (as `pathflip eval` computes them) when the
+    eval split has labels (``labels``: class indices and class names, from `zero_shot_labels`)."""
 
     def compute_metrics(prediction) -> dict:
         slide_embeds, text_embeds = prediction.predictions[:2]
         metrics = retrieval_metrics(slide_embeds, text_embeds)
-        if labels is not None and data_args.class_names:
-            metrics.update(zero_shot_metrics(model, processor, slide_embeds, np.asarray(labels)[: len(slide_embeds)],
-                                             data_args.class_names, data_args.prompt_templates))  # fmt: skip
+        if labels is not None:
+            metrics.update(zero_shot_metrics(model, processor, slide_embeds, labels[0], labels[1],
+                                             data_args.prompt_templates))  # fmt: skip
         return metrics
 
     return compute_metrics
@@ -112,9 +118,7 @@ def alignment_trainer(model_args, data_args, training_args, train_set, eval_set)
     num_subcaptions = data_args.num_subcaptions or model.config.num_subcaptions
     processor_class = ALIGNMENT_MODELS[model.config.model_type][2]
     processor = processor_class.from_model_config(tokenizer, model.config, num_subcaptions=num_subcaptions)
-    labels = None
-    if eval_set is not None and data_args.label_column in eval_set.column_names:
-        labels = eval_set[data_args.label_column]
+    labels = None if eval_set is None else zero_shot_labels(eval_set, data_args.label_column, data_args.class_names)
     compute_metrics = make_compute_metrics(model, processor, labels, data_args) if eval_set is not None else None
     max_patches = data_args.max_patches or getattr(model.config, "max_patches", None)
     collators = [PathFLIPCollator(processor, max_regions=data_args.max_regions, max_patches=max_patches,

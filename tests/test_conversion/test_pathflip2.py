@@ -263,3 +263,24 @@ def test_a_full_size_release_converts_and_matches(tmp_path, tokenizer, bag_facto
     torch.testing.assert_close(slide, reference_slide(features, raw, 8)[0], atol=1e-5, rtol=0)
     expected = reference_texts(raw, reference_bert(raw, text, RELEASED_HPARAMS), tokens, "text_projection_global")
     torch.testing.assert_close(texts, expected, atol=1e-5, rtol=0)
+
+
+def test_pathflip_push_accepts_the_converted_folder(tiny_release, tmp_path, minihub, hub_user, bag_factory):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tiny_release["folder"]
+    output = convert_checkpoint(_write(tiny_release["state"], tmp_path, "ckpt"), folder / "hparams.yaml",
+                                str(folder / "text-model"), tmp_path / "model")  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "pathflip.cli", "push", str(output), "lab/pathflip2-converted"],
+                            env={**minihub[0], "PYTHONPATH": str(root)}, cwd=root, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    bag = bag_factory(1, 30)
+    loaded = hub_user("lab/pathflip2-converted", bag)  # by repo id, without the package: remote code
+    assert all(module.startswith("transformers_modules") for module in loaded["classes"]), loaded["classes"]
+    local = pipeline("slide-feature-extraction", model=str(output))(bag)
+    torch.testing.assert_close(loaded["outputs"]["slide-feature-extraction"]["slide_embedding"],
+                               local["slide_embedding"])  # fmt: skip

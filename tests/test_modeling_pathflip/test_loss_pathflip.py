@@ -100,3 +100,61 @@ def test_text_keys_ignore_padding_and_tell_texts_apart():
     keys = text_keys(ids, mask)
     assert keys[0] == keys[1] != keys[2]
     assert text_keys(left_padded, (left_padded != 0).long())[0] == keys[0]
+
+
+def _per_pair_losses(regions, mask, subcaptions, attention, scale, bias):
+    """Hand-computed ``[B, G K]`` per-(slide, candidate) losses of the "all" mode, every subcaption distinct."""
+    batch, num_sub, dim = subcaptions.shape
+    candidates = subcaptions.reshape(1, batch * num_sub, dim).expand(batch, -1, -1)
+    conditioned, _ = attention(candidates, regions, mask)
+    logits = scale.exp() * torch.nn.functional.cosine_similarity(conditioned, candidates, dim=-1) + bias
+    own = torch.arange(batch * num_sub)[None, :] // num_sub == torch.arange(batch)[:, None]
+    return -torch.nn.functional.logsigmoid(torch.where(own, 1.0, -1.0) * logits)
+
+
+def test_authors_reduction_divides_each_slides_sum_by_k_plus_b_minus_one():
+    torch.manual_seed(0)
+    attention = PathFLIPTextRegionAttention(DIM, 2)
+    regions, mask = torch.randn(2, REGIONS, DIM), torch.ones(2, REGIONS, dtype=torch.long)
+    subcaptions = torch.randn(2, 2, DIM)  # B = 2 slides, K = 2 subcaptions each: 4 candidates per slide
+    scale, bias = torch.tensor(2.3), torch.tensor(-1.0)
+    pairs = _per_pair_losses(regions, mask, subcaptions, attention, scale, bias)
+    expected = (pairs[0].sum() / 3 + pairs[1].sum() / 3) / 2  # K + B - 1 = 3
+    arguments = (regions, mask, subcaptions, attention, scale, bias)
+    authors = region_subcaption_sigmoid_loss(*arguments, reduction="authors")
+    mean = region_subcaption_sigmoid_loss(*arguments)
+    torch.testing.assert_close(authors, expected)
+    torch.testing.assert_close(mean, pairs.mean())
+    torch.testing.assert_close(authors / mean, torch.tensor(4 / 3))  # B K / (K + B - 1)
+
+
+def test_authors_reduction_equals_the_mean_with_one_negative_per_slide():
+    torch.manual_seed(0)
+    attention = PathFLIPTextRegionAttention(DIM, 2)
+    regions, region_mask, subcaptions = _inputs()[2:5]
+    scale, bias = torch.tensor(2.3), torch.tensor(-1.0)
+    losses = {}
+    for reduction in ("mean", "authors"):
+        torch.manual_seed(1)  # the same random negative of each slide
+        losses[reduction] = region_subcaption_sigmoid_loss(
+            regions, region_mask, subcaptions, attention, scale, bias, negatives="one_per_slide", reduction=reduction
+        )
+    torch.testing.assert_close(losses["authors"], losses["mean"])
+
+
+def test_region_loss_reduction_is_validated_and_reaches_the_model(config_factory, tokenizer, bag_factory):
+    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
+
+    with pytest.raises(ValueError, match="region_loss_reduction must be one of .*'sum'"):
+        config_factory(region_loss_reduction="sum")
+    with pytest.raises(ValueError, match="Unknown region loss reduction 'sum'"):
+        region_subcaption_sigmoid_loss(*_inputs()[2:5], None, torch.tensor(0.0), torch.tensor(0.0), reduction="sum")
+    torch.manual_seed(0)
+    mean_model = PathFLIPModel(config_factory()).eval()
+    authors_model = PathFLIPModel(config_factory(region_loss_reduction="authors")).eval()
+    authors_model.load_state_dict(mean_model.state_dict())
+    processor = PathFLIPProcessor.from_model_config(tokenizer, mean_model.config)
+    batch = processor([bag_factory(i, 20 + i) for i in range(4)])
+    with torch.no_grad():
+        mean, authors = mean_model(**batch).loss_region, authors_model(**batch).loss_region
+    torch.testing.assert_close(authors, mean * 2)  # B = 4, K = 3: B K / (K + B - 1) = 2

@@ -77,12 +77,18 @@ def test_dataset_follows_the_bag_contract(tmp_path, slide_factory):
     assert np.array_equal(from_parquet["features"], row["features"])
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path, slide_factory):
+def test_resuming_refuses_only_options_that_change_features_and_names_them(tmp_path, slide_factory):
     encoder = load_encoder("stain-texture")
     run_extraction([slide_factory("settings")], tmp_path, encoder, OPTIONS)
     other = ExtractionOptions(tiling=TilingOptions(patch_size=128), batch_size=16, num_workers=0)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="made with --patch-size 256, this run asks for --patch-size 128"):
         run_extraction([slide_factory("settings")], tmp_path, encoder, other)
+    other = ExtractionOptions(tiling=OPTIONS.tiling, mpp=0.25, batch_size=16, num_workers=0)
+    with pytest.raises(ValueError, match="made with --mpp None, this run asks for --mpp 0.25"):
+        run_extraction([slide_factory("settings")], tmp_path, encoder, other)
+    # batch size, workers and parquet do not change features: the run resumes
+    workers = ExtractionOptions(tiling=OPTIONS.tiling, batch_size=7, num_workers=1, parquet=True)
+    assert run_extraction([slide_factory("settings")], tmp_path, encoder, workers).already_done == ["settings"]
 
 
 def test_a_run_killed_midway_resumes_with_each_slide_exactly_once(tmp_path, slide_factory):
