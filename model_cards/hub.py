@@ -148,6 +148,7 @@ def push_model(
     from huggingface_hub import HfApi
 
     folder = Path(folder)
+    check_repo_id(repo_id)
     check_model_folder(folder)
     if metrics is not None or not (folder / "README.md").is_file():
         write_model_card(folder, metrics=metrics, repo_id=repo_id, **(card_options or {}))
@@ -173,6 +174,7 @@ def push_dataset(
     import datasets
 
     path = Path(path)
+    check_repo_id(repo_id)
     if not is_dataset_folder(path):
         raise ValueError(f"{path} is not a dataset saved with save_to_disk (no dataset_dict.json or state.json).")
     loaded = datasets.load_from_disk(str(path))
@@ -180,6 +182,16 @@ def push_dataset(
     for name, split in splits.items():
         check_columns(split, f"{path} split {name!r}")
     return splits.push_to_hub(repo_id, revision=revision, private=private, token=token, commit_message=commit_message)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse an invalid Hub repository id before anything is written or sent."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo id {repo_id!r} is not a valid Hub id (e.g. my-lab/pathflip-brca): {error}") from None
 
 
 def is_dataset_folder(path: str | Path) -> bool:

@@ -51,6 +51,67 @@ def find_input_loader(name: str = DEFAULT_INPUT_LOADER) -> Any:
     )
 
 
+def _texts(name: str, value: Any, example: str) -> list[str]:
+    """A list of distinct non-empty texts (one string is one text)."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(text, str) for text in texts):
+        raise ValueError(f"{name} must be a text or a non-empty list of texts, got {value!r}; e.g. {example}.")
+    empty = [number for number, text in enumerate(texts) if not text.strip()]
+    if empty:
+        raise ValueError(f"{name} has empty text at position(s) {empty}: {list(texts)!r}; remove them.")
+    repeated = sorted({text for text in texts if texts.count(text) > 1})
+    if repeated:
+        raise ValueError(f"{name} repeats {repeated}; give each one once.")
+    return list(texts)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+    return value
+
+
+def _mpp(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive number of µm per level-0 pixel (0.25 at 40x), got {value!r}.")
+    return float(value)
+
+
+def _templates(name: str, value: Any) -> list[str]:
+    templates = _texts(name, value, "'an H&E image of {}.'")
+    if any("{}" not in template for template in templates):
+        raise ValueError(f"every {name} needs a '{{}}' where the label goes, got {templates}.")
+    return templates
+
+
+def _text_or_none(name: str, value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ValueError(f"{name} must be a non-empty name or path, got {value!r}.")
+    return value
+
+
+OPTION_CHECKS = {
+    "candidate_labels": lambda name, value: _texts(name, value, "['tumour', 'normal tissue']"),
+    "candidate_texts": lambda name, value: _texts(name, value, "['Sheets of tumour cells.', 'Fat.']"),
+    "sentences": lambda name, value: _texts(name, value, "'A focus of necrosis.'"),
+    "hypothesis_template": _templates,
+    "top_k": _positive_int,
+    "heatmap_size": _positive_int,
+    "mpp": _mpp,
+    "patch_encoder": _text_or_none,
+    "output_dir": _text_or_none,
+    "slide": _text_or_none,
+}
+
+
+def check_option(name: str, value: Any) -> Any:
+    """A pipeline option checked before any work (None means "not given" for every option): the value to use, or
+    a `ValueError` naming the option, the value and the fix."""
+    if value is None or name not in OPTION_CHECKS:
+        return value
+    return OPTION_CHECKS[name](name, value)
+
+
 def prompt_ensemble_embeddings(model, text_inputs: Mapping[str, Any], num_templates: int) -> torch.Tensor:
     """Unit class embeddings ``[C, E]``: the mean of each class's normalised prompt embeddings.
 
@@ -98,8 +159,9 @@ class _SlidePipeline(Pipeline):
                 f"{type(self).__name__} got unknown option(s) {sorted(unknown)}; it takes "
                 f"{sorted(self.preprocess_options + self.postprocess_options)}."
             )
-        pre = {key: kwargs[key] for key in self.preprocess_options if key in kwargs}
-        post = {key: kwargs[key] for key in self.postprocess_options if key in kwargs}
+        checked = {key: check_option(key, value) for key, value in kwargs.items()}
+        pre = {key: checked[key] for key in self.preprocess_options if key in checked}
+        post = {key: checked[key] for key in self.postprocess_options if key in checked}
         return pre, {}, post
 
     def __call__(self, inputs, **kwargs):
@@ -150,10 +212,8 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
     def preprocess(self, inputs, candidate_labels=None, hypothesis_template=DEFAULT_TEMPLATES, patch_encoder=None,
                    mpp=None):  # fmt: skip
         if not candidate_labels:
-            raise ValueError("candidate_labels must name at least one class, e.g. ['tumour', 'normal'].")
-        templates = [hypothesis_template] if isinstance(hypothesis_template, str) else list(hypothesis_template)
-        if not templates or any("{}" not in template for template in templates):
-            raise ValueError(f"every hypothesis_template needs a '{{}}' for the label, got {templates}.")
+            raise ValueError("candidate_labels must name at least one class, e.g. ['tumour', 'normal tissue'].")
+        templates = _templates("hypothesis_template", hypothesis_template)
         prompts = [template.format(label) for label in candidate_labels for template in templates]
         batch = self._bag_batch(inputs, patch_encoder, mpp)
         batch["text"] = dict(self.processor(text=prompts))
@@ -185,9 +245,8 @@ class SlideGroundingPipeline(_SlidePipeline):
     postprocess_options = ("top_k", "output_dir")
 
     def preprocess(self, inputs, sentences=None, slide=None, heatmap_size=1024, patch_encoder=None, mpp=None):
-        sentences = [sentences] if isinstance(sentences, str) else list(sentences or [])
-        if not sentences or any(not sentence.strip() for sentence in sentences):
-            raise ValueError("sentences must be one or more non-empty texts to ground in the slide.")
+        if sentences is None:
+            raise ValueError("sentences must be one or more texts to ground in the slide, e.g. 'A focus of necrosis.'")
         batch = self._bag_batch(inputs, patch_encoder, mpp)
         if batch["patch_size_level0"] is None:
             raise ValueError(

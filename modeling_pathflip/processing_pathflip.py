@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
+from transformers.utils import logging
 
 from .subcaptions_pathflip import sample_subcaptions
 
+logger = logging.get_logger(__name__)
 BAG_INPUT_NAMES = [
     "patch_features", "patch_attention_mask", "region_patch_index", "region_attention_mask", "region_positions",
 ]  # fmt: skip
@@ -192,6 +194,11 @@ def pad_layouts(layouts: list[RegionLayout], return_coords: bool = False) -> dic
     return out
 
 
+def _longer_than(tokenizer, text: str, max_length: int) -> bool:
+    """Whether ``text`` has more tokens than ``max_length`` (special tokens included)."""
+    return len(tokenizer(text, truncation=False)["input_ids"]) > max_length
+
+
 class PathFLIPProcessor(ProcessorMixin):
     r"""Turns feature bags and captions into PathFLIP batches.
 
@@ -241,6 +248,10 @@ class PathFLIPProcessor(ProcessorMixin):
             "region_grid_size": config.region_grid_size,
             "num_subcaptions": config.num_subcaptions,
         }
+        limit = getattr(config.text_config, "max_position_embeddings", None)
+        if limit:  # the text tower cannot read past its position table
+            geometry["caption_max_length"] = min(kwargs.pop("caption_max_length", 384), limit)
+            geometry["subcaption_max_length"] = min(kwargs.pop("subcaption_max_length", 128), limit)
         return cls(tokenizer, **{**geometry, **kwargs})
 
     @property
@@ -346,6 +357,11 @@ class PathFLIPProcessor(ProcessorMixin):
                                  f"num_subcaptions={self.num_subcaptions}.")  # fmt: skip
             drawn.extend(chosen)
         text = self._tokenize([str(caption) for caption in captions], self.caption_max_length)
+        for layout, caption, ids in zip(layouts, captions, text["attention_mask"], strict=True):
+            if int(ids.sum()) == self.caption_max_length and _longer_than(self.tokenizer, str(caption),
+                                                                          self.caption_max_length):  # fmt: skip
+                logger.warning("%s: caption cut at %d tokens, the text tower's limit.", layout.name,
+                               self.caption_max_length)  # fmt: skip
         sub = self._tokenize(drawn, self.subcaption_max_length)
         shape = (len(bags), self.num_subcaptions, -1)
         return {

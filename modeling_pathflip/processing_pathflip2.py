@@ -100,8 +100,9 @@ class PathFLIP2Processor(PathFLIPProcessor):
     @classmethod
     def from_model_config(cls, tokenizer, config, **kwargs: Any) -> PathFLIP2Processor:
         """A processor whose feature dimension, K and token limits match a [`PathFLIP2Config`]."""
+        limit = min(config.text_max_length, getattr(config.text_config, "max_position_embeddings", None) or 10**6)
         geometry = {"patch_dim": config.patch_dim, "num_subcaptions": config.num_subcaptions,
-                    "caption_max_length": config.text_max_length, "subcaption_max_length": config.text_max_length}
+                    "caption_max_length": limit, "subcaption_max_length": limit}
         return cls(tokenizer, **{**geometry, **kwargs})  # fmt: skip
 
     @property

@@ -84,6 +84,54 @@ def check_columns(dataset: datasets.Dataset, name: str = "dataset") -> None:
         )
 
 
+def bag_problem(row: Mapping[str, Any], patch_dim: int | None, require_caption: bool) -> str | None:
+    """What makes one dataset row unusable as a bag (None: nothing)."""
+    features, coords = np.asarray(row["features"]), np.asarray(row["coords"])
+    size = row.get("patch_size_level0")
+    if features.ndim != 2 or features.shape[0] == 0:
+        return f"empty bag, or features of shape {features.shape} (expected [N > 0, D])"
+    if patch_dim is not None and features.shape[1] != patch_dim:
+        return f"{features.shape[1]}-dim features, the model reads {patch_dim}"
+    if not np.isfinite(features).all():
+        return f"NaN or Inf in features (first at patch {int(np.argwhere(~np.isfinite(features))[0][0])})"
+    if coords.shape != (features.shape[0], 2):
+        return f"coords of shape {coords.shape} for {features.shape[0]} patches (expected one (x, y) per patch)"
+    if (coords < 0).any():
+        return "negative coords (level-0 pixels start at 0)"
+    if len(np.unique(coords, axis=0)) != len(coords):
+        return "duplicate coords (two patches at one position)"
+    if size is None or not np.isfinite(size) or int(size) <= 0:
+        return f"patch_size_level0 is {size!r} (the patch side in level-0 pixels, never guessed)"
+    if require_caption and (row.get("caption") is None or not str(row["caption"]).strip()):
+        return "empty caption (training needs one per slide)"
+    return None
+
+
+def check_bag_dataset(
+    dataset, name: str = "dataset", *, patch_dim: int | None = None, require_caption: bool = False, shown: int = 10
+) -> int:
+    """Check every row (columns, feature dimension, finite features, coordinates, patch size, captions); raise a
+    `ValueError` listing the first ``shown`` bad rows and their count. Returns the number of rows checked."""
+    check_columns(dataset, name)
+    columns = [column for column in ("slide_id", "features", "coords", "patch_size_level0", "caption")
+               if column in dataset.column_names]  # fmt: skip
+    problems, count, rows = [], 0, 0
+    for index, row in enumerate(dataset.select_columns(columns).with_format("numpy")):
+        rows += 1
+        problem = bag_problem(row, patch_dim, require_caption)
+        if problem is not None:
+            count += 1
+            if len(problems) < shown:
+                slide = row.get("slide_id")
+                problems.append(f"{slide!s} (row {index}): {problem}" if slide else f"row {index}: {problem}")
+    if count:
+        listed = "\n  - ".join(problems)
+        more = f"\n  ... and {count - len(problems)} more" if count > len(problems) else ""
+        raise ValueError(f"{name} has {count} unusable row(s) of {rows}:\n  - {listed}{more}\nFix them at the "
+                         "source or drop them (dataset.filter) before training.")  # fmt: skip
+    return rows
+
+
 def save_dataset(dataset: datasets.Dataset | datasets.DatasetDict, path: str | Path) -> Path:
     """`save_to_disk` under a temporary name, then swap it in place (a reader sees the old or the new one)."""
     path = Path(path)

@@ -110,7 +110,11 @@ def find_slides(inputs: Sequence[str | Path]) -> list[Path]:
     slides: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            slides.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES))
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES)
+            if not found:
+                raise ValueError(f"folder {item} holds no slide file ({', '.join(sorted(SLIDE_SUFFIXES))}); give "
+                                 "slide files or a folder of them.")  # fmt: skip
+            slides.extend(found)
         else:
             slides.append(item)
     stems: dict[str, Path] = {}
@@ -303,9 +307,13 @@ def run_extraction(
     report = _merge_reports(state, report)
     report.processes, report.is_main_process = state.num_processes, state.is_main_process
     if state.is_main_process:
-        dataset = build_dataset(output, options.parquet, cohort=cohort)
-        report.dataset = str(dataset) if dataset else None
-        write_text(output / "report.json", json.dumps(asdict(report), indent=2) + "\n")
+        try:
+            dataset = build_dataset(output, options.parquet, cohort=cohort)
+            report.dataset = str(dataset) if dataset else None
+        except OSError as error:  # a full disk or a read-only folder: the finished bags stay, the run says so
+            report.failed["(dataset)"] = f"the dataset was not updated: {error}; free space and run again"
+        with contextlib.suppress(OSError):
+            write_text(output / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     state.wait_for_everyone()
     return report
 

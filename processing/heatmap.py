@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..files import write_text
+from ..files import atomic_path, write_text
 
 # A blue -> yellow -> red ramp: readable on H&E and for red-green colour blindness.
 _RAMP = np.array([[49, 54, 149], [116, 173, 209], [254, 224, 144], [244, 109, 67], [165, 0, 38]], np.float32)
@@ -31,8 +31,8 @@ def overlay_png(raster, path: str | Path, background: np.ndarray | None = None, 
     colour = _RAMP[low] + (position - low)[..., None] * (_RAMP[low + 1] - _RAMP[low])
     base[covered] = (1 - alpha) * base[covered] + alpha * colour[covered]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(path)
+    with atomic_path(path) as partial:
+        Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(partial, format="PNG")
     return path
 
 

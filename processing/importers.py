@@ -11,6 +11,7 @@ import csv
 import itertools
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -213,11 +214,7 @@ def _read_h5_bag(path: Path, options: _Options) -> dict[str, Any]:
 def _read_clam_pt_bag(path: Path, coords_dir: Path, options: _Options) -> dict[str, Any]:
     import torch
 
-    try:
-        # weights_only: a .pt file is a pickle, and these come from other people's pipelines.
-        features = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable torch tensor file ({err}).") from err
+    features = load_feature_tensor(path)
     if not isinstance(features, torch.Tensor):
         raise ValueError(f"{path} holds a {type(features).__name__}, expected a features tensor [N, D].")
     coords_path = _coords_file(coords_dir, path.stem)
@@ -225,6 +222,28 @@ def _read_clam_pt_bag(path: Path, coords_dir: Path, options: _Options) -> dict[s
         coords = _h5_dataset(handle, "coords", coords_path)
         bag = _bag(path, features.float().numpy(), coords[()], (coords.attrs, handle.attrs), options)
     return bag
+
+
+def load_feature_tensor(path: Path):
+    """A ``.pt`` file of features, read without running code from it: ``weights_only`` with numpy's array
+    reconstruction allowed (TRIDENT saves numpy arrays), nothing else. A numpy array becomes a tensor."""
+    import torch
+
+    core = getattr(np, "_core", None) or np.core
+    allowed = [np.ndarray, np.dtype, type(np.dtype(np.float32)), type(np.dtype(np.float16)),
+               core.multiarray._reconstruct]  # fmt: skip
+    try:
+        # weights_only: a .pt file is a pickle, and these come from other people's pipelines.
+        with torch.serialization.safe_globals(allowed):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        try:
+            reason = f"it holds Python objects {torch.serialization.get_unsafe_globals_in_checkpoint(path)[:5]}"
+        except Exception:
+            reason = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()[0][:160]
+        raise ValueError(f"{path} cannot be read safely as a tensor file ({reason}); import the .h5 feature files "
+                         "instead (TRIDENT and CLAM write both).") from None  # fmt: skip
+    return torch.from_numpy(np.ascontiguousarray(loaded)) if isinstance(loaded, np.ndarray) else loaded
 
 
 def _coords_file(coords_dir: Path, slide_id: str) -> Path:

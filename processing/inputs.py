@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import safe_name
 from .extract import SLIDE_SUFFIXES, ExtractionOptions, encode_slide, read_bag_file
 from .heatmap import overlay_png, slide_canvas, write_geojson
 from .tiler import TilingOptions
@@ -114,6 +115,7 @@ class FileLoader:
     def write_grounding(self, heatmap: np.ndarray, geojson: dict, *, output_dir: str | Path, stem: str,
                         thumbnail: np.ndarray | None) -> dict[str, str]:  # fmt: skip
         """``{stem}.png`` (the heatmap over ``thumbnail``, else white) and ``{stem}.geojson`` in ``output_dir``."""
+        stem = safe_name(stem)  # built from a slide id and a sentence: keep it one file name inside output_dir
         png = overlay_png(heatmap, Path(output_dir) / f"{stem}.png", thumbnail)
         geojson_file = write_geojson(geojson, Path(output_dir) / f"{stem}.geojson")
         return {"png_file": str(png), "geojson_file": str(geojson_file)}

@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..files import atomic_path
+
 # Below this saturation nothing is tissue, whatever Otsu says (a blank slide has only noise).
 MIN_SATURATION = 0.06
 
@@ -72,6 +74,6 @@ def save_overlay(thumbnail: np.ndarray, mask: np.ndarray, path: str | Path) -> P
     image[mask] = 0.7 * image[mask] + 0.3 * tint
     image[~mask] *= 0.6
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path)
+    with atomic_path(path) as partial:
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(partial, format="PNG")
     return path

@@ -7,17 +7,18 @@ import json
 import sys
 from pathlib import Path
 
-from ..files import write_text
+from ..files import safe_name, write_text
 from ..processing.tiler import TilingOptions
+from .options import fraction, nonempty, nonnegative_int, positive_float, positive_int
 
 
 def _tiling_arguments(parser: argparse.ArgumentParser, slides: str = "+") -> None:
     parser.add_argument("slides", nargs=slides, help="slide files or folders of slides")
     parser.add_argument("--output", "-o", required=True, help="output folder")
-    parser.add_argument("--mpp", type=float, help="microns per level-0 pixel (overrides slide metadata)")
-    parser.add_argument("--target-mpp", type=float, default=0.5, help="patch resolution (default 0.5, ~20x)")
-    parser.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (default 256)")
-    parser.add_argument("--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a patch")
+    parser.add_argument("--mpp", type=positive_float, help="microns per level-0 pixel (overrides slide metadata)")
+    parser.add_argument("--target-mpp", type=positive_float, default=0.5, help="patch resolution (default 0.5, ~20x)")
+    parser.add_argument("--patch-size", type=positive_int, default=256, help="patch side in pixels (default 256)")
+    parser.add_argument("--min-tissue", type=fraction, default=0.25, help="minimum tissue fraction of a patch")
 
 
 def _tiling_options(args: argparse.Namespace) -> TilingOptions:
@@ -39,14 +40,14 @@ def command_tile(args: argparse.Namespace) -> int:
         except SlideError as error:
             failures[path.stem] = str(error)
             continue
-        save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{tiling.slide_id}.png")
+        save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{safe_name(tiling.slide_id)}.png")
         record = {
             "slide_id": tiling.slide_id,
             "patch_size_level0": tiling.patch_size_level0,
             "mpp": tiling.mpp,
             "coords": tiling.coords.tolist(),
         }
-        write_text(output / "coords" / f"{tiling.slide_id}.json", json.dumps(record))
+        write_text(output / "coords" / f"{safe_name(tiling.slide_id)}.json", json.dumps(record))
         print(f"{tiling.slide_id}: {len(tiling.coords)} patches of {tiling.patch_size_level0} level-0 px")
     return _report_failures(failures)
 
@@ -114,6 +115,25 @@ def command_import(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def command_check(args: argparse.Namespace) -> int:
+    """Check every row of a feature-bag dataset (what training checks before its first step)."""
+    import datasets
+
+    from ..processing.bags import check_bag_dataset
+
+    loaded = datasets.load_from_disk(args.dataset)
+    splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"dataset": loaded}
+    if args.split:
+        if args.split not in splits:
+            raise ValueError(f"--split {args.split!r} is not a split of {args.dataset}; it has {list(splits)}.")
+        splits = {args.split: splits[args.split]}
+    for name, split in splits.items():
+        rows = check_bag_dataset(split, f"{args.dataset} [{name}]", patch_dim=args.patch_dim,
+                                 require_caption=args.captions)  # fmt: skip
+        print(f"{name}: {rows} rows, all usable")
+    return 0
+
+
 def command_decompose(args: argparse.Namespace) -> int:
     """Decompose captions into a `subcaptions` column with a local causal LM."""
     import datasets
@@ -140,7 +160,7 @@ def _report_failures(failures: dict[str, str]) -> int:
 
 
 def add_verbs(commands) -> None:
-    """tile, extract, import, decompose: slides and feature-bag datasets."""
+    """tile, extract, import, check, decompose: slides and feature-bag datasets."""
     tile = commands.add_parser("tile", help=command_tile.__doc__)
     _tiling_arguments(tile)
     tile.set_defaults(run=command_tile)
@@ -149,8 +169,8 @@ def add_verbs(commands) -> None:
     _tiling_arguments(extract, slides="*")
     _table_arguments(extract)
     extract.add_argument("--encoder", default="stain-texture", help="stain-texture, a HF path/id, or timm:<name>")
-    extract.add_argument("--batch-size", type=int, default=64)
-    extract.add_argument("--num-workers", type=int, default=2, help="slide-reading worker processes")
+    extract.add_argument("--batch-size", type=positive_int, default=64)
+    extract.add_argument("--num-workers", type=nonnegative_int, default=2, help="slide-reading worker processes")
     extract.add_argument("--parquet", action="store_true", help="also write parquet shards")
     extract.set_defaults(run=command_extract)
 
@@ -158,22 +178,29 @@ def add_verbs(commands) -> None:
     importer.add_argument("folder", help="folder of .h5 files (or of .pt files with --coords-dir)")
     importer.add_argument("--output", "-o", required=True, help="dataset folder to write")
     importer.add_argument("--coords-dir", help="CLAM/TRIDENT patches .h5 folder holding the coords of .pt bags")
-    importer.add_argument("--patch-size-level0", type=int, help="patch side in level-0 px, if the files lack it")
-    importer.add_argument("--mpp", type=float, help="microns per level-0 pixel, if the files lack it")
+    importer.add_argument("--patch-size-level0", type=positive_int, help="patch side in level-0 px, if files lack it")
+    importer.add_argument("--mpp", type=positive_float, help="microns per level-0 pixel, if the files lack it")
     importer.add_argument("--captions", help="CSV or JSON with slide_id and caption columns")
     _table_arguments(importer)
     importer.set_defaults(run=command_import)
+
+    check = commands.add_parser("check", help=command_check.__doc__)
+    check.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
+    check.add_argument("--split", help="one split of a DatasetDict (default: all)")
+    check.add_argument("--patch-dim", type=positive_int, help="the feature dimension the model reads")
+    check.add_argument("--captions", action="store_true", help="every row needs a caption (training does)")
+    check.set_defaults(run=command_check)
 
     decompose = commands.add_parser("decompose", help=command_decompose.__doc__)
     decompose.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
     decompose.add_argument("--model", required=True, help="local causal LM folder or Hub id")
     decompose.add_argument("--output", "-o", required=True, help="dataset folder to write")
-    decompose.add_argument("--batch-size", type=int, default=8)
-    decompose.add_argument("--max-new-tokens", type=int, default=200)
+    decompose.add_argument("--batch-size", type=positive_int, default=8)
+    decompose.add_argument("--max-new-tokens", type=positive_int, default=200)
     decompose.set_defaults(run=command_decompose)
 
 
 
 def _table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", help="cohort table (CSV/TSV/parquet): slide, slide_id, mpp, caption, label, split")
-    parser.add_argument("--class-order", nargs="+", help="label order of the table's classes (default: sorted)")
+    parser.add_argument("--class-order", nargs="+", type=nonempty, help="label order of the classes (default: sorted)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import nonnegative_int, positive_float, positive_int
+
 TRAIN_HELP = "pretrain or fine-tune with the HF Trainer (the same as train.py; `pathflip train --help` lists options)"
 
 
@@ -35,11 +37,11 @@ def add_verbs(commands) -> None:
     commands.add_parser("train", help=TRAIN_HELP, add_help=False)
     demo = commands.add_parser("demo", help=command_demo.__doc__)
     demo.add_argument("--output", "-o", default="demo_output", help="folder for everything (default demo_output)")
-    demo.add_argument("--seed", type=int, default=0, help="cohort, split and training seed")
-    demo.add_argument("--num-slides", type=int, default=150)
-    demo.add_argument("--max-steps", type=int, default=200, help="training steps")
-    demo.add_argument("--learning-rate", type=float, default=5e-4)
-    demo.add_argument("--llm-steps", type=int, default=300, help="steps of each LLM stage (0: skip captioning/VQA)")
+    demo.add_argument("--seed", type=nonnegative_int, default=0, help="cohort, split and training seed")
+    demo.add_argument("--num-slides", type=positive_int, default=150)
+    demo.add_argument("--max-steps", type=positive_int, default=200, help="training steps")
+    demo.add_argument("--learning-rate", type=positive_float, default=5e-4)
+    demo.add_argument("--llm-steps", type=nonnegative_int, default=300, help="steps of each LLM stage (0: skip it)")
     demo.add_argument("--ablation", choices=["no-region-loss", "no-tra"], help="train an ablated model instead")
     demo.add_argument(
         "--text-model",

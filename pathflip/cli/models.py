@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .options import model_reference, nonempty, positive_float, positive_int
+
 
 def command_heatmap(args: argparse.Namespace) -> int:
     """Ground sentences in a slide: heatmap PNG over the thumbnail (or the patch grid) and GeoJSON."""
@@ -116,7 +118,7 @@ def _emit(records: list[dict], output: str | None) -> None:
 
 def _model_input_arguments(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
     parser.add_argument("--patch-encoder", help="encoder for slide inputs (default: the one the model records)")
-    parser.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides without it")
+    parser.add_argument("--mpp", type=positive_float, help="microns per level-0 pixel, for slides without it")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     if json_output:
         parser.add_argument("--output", "-o", help="also write the JSON lines to this file")
@@ -125,40 +127,40 @@ def _model_input_arguments(parser: argparse.ArgumentParser, *, json_output: bool
 def add_verbs(commands) -> None:
     """heatmap, classify, retrieve, eval: a trained model's pipelines and its evaluation."""
     heatmap = commands.add_parser("heatmap", help=command_heatmap.__doc__)
-    heatmap.add_argument("model", help="a PathFLIP folder or Hub id")
+    heatmap.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
     heatmap.add_argument("input", help="a bag (.h5, extracted .safetensors, dataset folder) or a slide file")
     heatmap.add_argument("--sentence", "-s", action="append", required=True, help="text to ground (repeatable)")
     heatmap.add_argument("--output", "-o", required=True, help="folder for the PNG and GeoJSON files")
     heatmap.add_argument("--slide", help="the slide, for a thumbnail background when input is a bag")
-    heatmap.add_argument("--top-k", type=int, default=20, help="patches written to the GeoJSON")
+    heatmap.add_argument("--top-k", type=positive_int, default=20, help="patches written to the GeoJSON")
     _model_input_arguments(heatmap, json_output=False)
     heatmap.set_defaults(run=command_heatmap)
 
     classify = commands.add_parser("classify", help=command_classify.__doc__)
-    classify.add_argument("model", help="a PathFLIP folder or Hub id")
+    classify.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
     classify.add_argument("inputs", nargs="+", help="bags (.h5, .safetensors), dataset folders or slide files")
-    classify.add_argument("--labels", nargs="+", required=True, help="candidate class names")
+    classify.add_argument("--labels", nargs="+", type=nonempty, required=True, help="candidate class names")
     classify.add_argument("--template", action="append", help="prompt template with {} (repeatable: an ensemble)")
-    classify.add_argument("--top-k", type=int, help="labels to report per slide (default: all)")
+    classify.add_argument("--top-k", type=positive_int, help="labels to report per slide (default: all)")
     _model_input_arguments(classify)
     classify.set_defaults(run=command_classify)
 
     retrieve = commands.add_parser("retrieve", help=command_retrieve.__doc__)
-    retrieve.add_argument("model", help="a PathFLIP folder or Hub id")
+    retrieve.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
     retrieve.add_argument("--index", help="feature-bag dataset folder, or one saved with --save-index")
     retrieve.add_argument("--query", action="append", help="text to search slides for (repeatable)")
     retrieve.add_argument("--save-index", help="save the embedded dataset here, to reuse with --index")
     retrieve.add_argument("--slide", help="a bag or slide to rank --text candidates for")
     retrieve.add_argument("--text", action="append", help="candidate text for --slide (repeatable)")
-    retrieve.add_argument("--top-k", type=int, default=5)
+    retrieve.add_argument("--top-k", type=positive_int, default=5)
     _model_input_arguments(retrieve)
     retrieve.set_defaults(run=command_retrieve)
 
     evaluate = commands.add_parser("eval", help=command_eval.__doc__)
-    evaluate.add_argument("model", help="a PathFLIP folder or Hub id")
+    evaluate.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
     evaluate.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
     evaluate.add_argument("--split", default="test", help="split of a DatasetDict (default test)")
-    evaluate.add_argument("--class-names", nargs="+", help="zero-shot classes (default: the label column's names)")
+    evaluate.add_argument("--class-names", nargs="+", type=nonempty, help="zero-shot classes (default: the labels')")
     evaluate.add_argument("--label-column", default="label", help="column of the diagnoses (class index or name)")
     evaluate.add_argument("--output", "-o", required=True, help="folder for metrics.json and metrics.md")
     evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")

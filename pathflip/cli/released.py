@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import model_reference
+
 
 def command_convert(args: argparse.Namespace) -> int:
     """Convert the PathFLIP authors' released checkpoint (PathFLIP2 architecture) into a model folder."""
@@ -52,7 +54,7 @@ def add_verbs(commands) -> None:
 
     benchmark = commands.add_parser("benchmark", help=command_benchmark.__doc__)
     benchmark.add_argument("name", choices=["pathflip2-zero-shot"], help="the benchmark")
-    benchmark.add_argument("model", help="a PathFLIP or PathFLIP2 folder or Hub id")
+    benchmark.add_argument("model", type=model_reference, help="a PathFLIP or PathFLIP2 folder or Hub id")
     benchmark.add_argument("--features", required=True, help="folder of TRIDENT/CLAM <slide_id>.h5 feature files")
     benchmark.add_argument("--split", choices=["test", "train"], default="test")
     benchmark.add_argument("--datasets", nargs="+", help="a subset of Camelyon16 CPTAC_NSCLC TCGA_RCC TCGA_NSCLC")

@@ -188,6 +188,9 @@ def convert_checkpoint(
     card stating where the weights come from) converted from the authors' checkpoint."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    for what, path in (("checkpoint", checkpoint), ("--hparams", hparams_file)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist; give the released file's path.")
     hparams = read_hparams(hparams_file)
     raw = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
     config = config_from_hparams(hparams, AutoConfig.from_pretrained(text_model))

@@ -9,7 +9,7 @@ import numpy as np
 
 from modeling_pathflip import PathFLIPConfig
 
-from ..processing.bags import check_columns
+from ..processing.bags import check_bag_dataset
 from .arguments import DataArguments
 from .records import VQA_COLUMNS, record_texts
 
@@ -89,28 +89,19 @@ def check_batch_size(train_set, training_args) -> None:
 
 
 def check_dataset(dataset: datasets.Dataset, name: str, patch_dim: int, stage: str = "align") -> None:
-    """Stop before training on a dataset the model cannot use, naming the column or row and the fix."""
-    check_columns(dataset, f"the {name} split")
+    """Stop before training on a dataset the model cannot use: every row is checked (bag columns, feature
+    dimension, finite values, coordinates, patch size, captions; LLM stages: caption or VQA records), and the
+    failing rows are listed."""
     text_columns = [column for column in ("slide_id", "caption", *VQA_COLUMNS) if column in dataset.column_names]
     if "caption" not in text_columns and (stage == "align" or "question" not in text_columns):
         raise ValueError(
             f"{name} split has no caption column (columns: {dataset.column_names}); pass --caption_column."
         )
-    dim = np.asarray(first_row(dataset)["features"]).shape[-1]
-    if dim != patch_dim:
-        raise ValueError(
-            f"{name} split has {dim}-dim features but the model expects patch_dim={patch_dim}; "
-            "use features of the model's patch encoder, or a config with the dataset's dimension."
-        )
-    for index, row in enumerate(dataset.select_columns(text_columns)):
-        row.setdefault("slide_id", f"row {index}")
-        if stage != "align":
+    check_bag_dataset(dataset, f"the {name} split", patch_dim=patch_dim, require_caption=stage == "align")
+    if stage != "align":
+        for index, row in enumerate(dataset.select_columns(text_columns)):
+            row.setdefault("slide_id", f"row {index}")
             record_texts(row)  # raises on a row that is neither a caption nor a valid VQA record
-        elif row["caption"] is None or not str(row["caption"]).strip():
-            raise ValueError(
-                f"{name} split, {row['slide_id']} (row {index}): empty caption. Training needs a caption for every "
-                "slide; fill it or drop the row (dataset.filter)."
-            )
 
 
 def record_input_contract(config: PathFLIPConfig, dataset: datasets.Dataset, name: str = "train") -> None:

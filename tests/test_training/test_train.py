@@ -188,7 +188,7 @@ def test_wrong_feature_dimension_names_the_fix(workspace, tmp_path, config_facto
     arguments = _arguments(workspace, tmp_path / "out", "--do_train")
     arguments[arguments.index("--config_name") + 1] = str(tmp_path / "config32")
     result = _run(arguments)
-    assert result.returncode != 0 and "16-dim features but the model expects patch_dim=32" in result.stderr
+    assert result.returncode != 0 and "slide-0 (row 0): 16-dim features, the model reads 32" in result.stderr
 
 
 def test_killed_after_a_checkpoint_then_resumed_reaches_the_same_weights(workspace, tmp_path):

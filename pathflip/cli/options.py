@@ -1,0 +1,81 @@
+"""Command-line option types that check values before any work, and a parser whose errors are one line."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An `ArgumentParser` that reports a bad option in one line (what, the value, the fix) and exits 2."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def model_reference(text: str) -> str:
+    """A saved model folder, or a Hub id (``org/name``); a path that does not exist is refused here."""
+    from pathlib import Path
+
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a file; give the model's folder")
+        return str(path)
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+        raise argparse.ArgumentTypeError(f"model folder {text!r} does not exist; give a folder saved by pathflip "
+                                         "train / convert, or a Hub id such as my-lab/pathflip-brca")  # fmt: skip
+    return text

@@ -1,0 +1,221 @@
+"""A catalogue of bad inputs across the command line, the pipelines and file names built from data: each ends in
+one line that names the item, the value and the fix, with the exit code it should have; none ends in a traceback,
+none is silently accepted, nothing is written outside the output folder."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from transformers import pipeline
+
+from modeling_pathflip import save_pretrained_with_pipelines
+from pathflip.cli import main
+
+
+def run(argv, capsys) -> tuple[int, str]:
+    """Exit code and stderr of `pathflip ARGV` (argparse errors exit through SystemExit)."""
+    try:
+        code = main([str(part) for part in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, config_factory, tokenizer):
+    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
+
+    folder = tmp_path_factory.mktemp("bad-inputs-model")
+    config = config_factory()
+    config.patch_encoder = "stain-texture"
+    torch.manual_seed(0)
+    save_pretrained_with_pipelines(PathFLIPModel(config).eval(), PathFLIPProcessor.from_model_config(tokenizer, config),
+                                   folder)  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bag_file(tmp_path_factory, bag_factory):
+    path = tmp_path_factory.mktemp("bags") / "bag.pt"
+    torch.save({key: value for key, value in bag_factory(0, 20).items()}, path)
+    return path
+
+
+# ---- the command line: options checked before any work ------------------------------------------------------
+
+OPTION_CASES = [
+    (["extract", "s.svs", "-o", "out", "--min-tissue", "2"], r"--min-tissue: must be a fraction between 0 and 1, got '2'"),
+    (["extract", "s.svs", "-o", "out", "--min-tissue", "-1"], r"--min-tissue: must be a fraction between 0 and 1"),
+    (["extract", "s.svs", "-o", "out", "--mpp", "nan"], r"--mpp: must be a number, got 'nan'"),
+    (["extract", "s.svs", "-o", "out", "--mpp", "0"], r"--mpp: must be a positive number, got '0'"),
+    (["extract", "s.svs", "-o", "out", "--mpp", "inf"], r"--mpp: must be a positive number, got 'inf'"),
+    (["extract", "s.svs", "-o", "out", "--patch-size", "0"], r"--patch-size: must be a whole number >= 1, got '0'"),
+    (["extract", "s.svs", "-o", "out", "--patch-size", "1.5"], r"--patch-size: must be a whole number, got '1.5'"),
+    (["extract", "s.svs", "-o", "out", "--target-mpp", "-0.5"], r"--target-mpp: must be a positive number"),
+    (["extract", "s.svs", "-o", "out", "--batch-size", "0"], r"--batch-size: must be a whole number >= 1"),
+    (["extract", "s.svs", "-o", "out", "--num-workers", "-1"], r"--num-workers: must be a whole number >= 0"),
+    (["extract", "s.svs", "-o", "out", "--class-order", " "], r"--class-order: must not be empty"),
+    (["tile", "s.svs", "-o", "out", "--min-tissue", "1.01"], r"--min-tissue: must be a fraction between 0 and 1"),
+    (["import", "folder", "-o", "out", "--patch-size-level0", "-512"], r"--patch-size-level0: must be a whole number >= 1"),
+    (["import", "folder", "-o", "out", "--mpp", "abc"], r"--mpp: must be a number, got 'abc'"),
+    (["classify", "m", "x.h5", "--labels", "a", "--top-k", "0"], r"--top-k: must be a whole number >= 1, got '0'"),
+    (["classify", "m", "x.h5", "--labels", "a", "--top-k", "-2"], r"--top-k: must be a whole number >= 1"),
+    (["classify", "m", "x.h5", "--labels", "a", "--top-k", "1.5"], r"--top-k: must be a whole number, got '1.5'"),
+    (["classify", "m", "x.h5", "--labels", ""], r"--labels: must not be empty"),
+    (["heatmap", "m", "x.h5", "-s", "x", "-o", "out", "--top-k", "0"], r"--top-k: must be a whole number >= 1"),
+    (["retrieve", "m", "--top-k", "zero"], r"--top-k: must be a whole number, got 'zero'"),
+    (["demo", "--num-slides", "0"], r"--num-slides: must be a whole number >= 1"),
+    (["demo", "--learning-rate=-1e-3"], r"--learning-rate: must be a positive number"),
+    (["demo", "--seed", "-3"], r"--seed: must be a whole number >= 0"),
+    (["demo", "--ablation", "no-loss"], r"--ablation: invalid choice: 'no-loss'"),
+    (["benchmark", "camelyon", "m", "--features", "f", "-o", "o"], r"argument name: invalid choice: 'camelyon'"),
+    (["benchmark", "pathflip2-zero-shot", "m", "--features", "f", "-o", "o", "--split", "val"],
+     r"--split: invalid choice: 'val'"),
+    (["check", "d", "--patch-dim", "0"], r"--patch-dim: must be a whole number >= 1"),
+    (["decompose", "d", "--model", "m", "-o", "o", "--max-new-tokens", "0"], r"--max-new-tokens: must be a whole"),
+    (["frobnicate"], r"invalid choice: 'frobnicate'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", OPTION_CASES)
+def test_bad_options_get_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, error = run(argv, capsys)
+    assert code == 2 and re.search(message, error), error
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+# ---- the command line: inputs that cannot be used ---------------------------------------------------------------
+
+def _input_cases(tmp, model_dir, bag_file):
+    (tmp / "empty").mkdir(exist_ok=True)
+    (tmp / "not-a-model").mkdir(exist_ok=True)
+    (tmp / "table.csv").write_text("slide,label\n")
+    return [
+        (["extract", tmp / "empty", "-o", tmp / "out"], 2, r"folder .*empty holds no slide file"),
+        (["extract", "-o", tmp / "out"], 2, r"give the slides \(files or folders\) or --table cohort.csv"),
+        (["extract", tmp / "s.svs", "--table", tmp / "table.csv", "-o", tmp / "out"], 2, r"one of the two"),
+        (["extract", "--table", tmp / "absent.csv", "-o", tmp / "out"], 2, r"cohort table .*absent.csv does not exist"),
+        (["extract", "--table", tmp / "table.csv", "-o", tmp / "out"], 2, r"cohort table .*table.csv has no rows"),
+        (["extract", tmp / "s.svs", "-o", tmp / "out", "--class-order", "a"], 2, r"--class-order orders the labels of "
+                                                                                  r"a cohort table: give --table too"),
+        (["import", tmp / "empty", "-o", tmp / "out"], 2, r"holds no .h5 files"),
+        (["import", tmp / "absent", "-o", tmp / "out"], 2, r"absent is not a folder"),
+        (["classify", tmp / "absent-model", bag_file, "--labels", "a"], 2, r"absent-model"),
+        (["classify", tmp / "not-a-model", bag_file, "--labels", "a"], 2, r"not-a-model"),
+        (["classify", model_dir, tmp / "absent.h5", "--labels", "a"], 2, r"absent.h5 does not exist"),
+        (["classify", model_dir, tmp / "table.csv", "--labels", "a"], 2, r"unknown input type '.csv'"),
+        (["classify", model_dir, bag_file, "--labels", "a", "a"], 2, r"candidate_labels repeats \['a'\]"),
+        (["classify", model_dir, bag_file, "--labels", "a", "--template", "no placeholder"], 2,
+         r"hypothesis_template needs a '\{\}'"),
+        (["retrieve", model_dir], 2, r"give --index DATASET with --query TEXT"),
+        (["retrieve", model_dir, "--slide", bag_file], 2, r"--slide ranks candidate texts: give them with --text"),
+        (["heatmap", model_dir, bag_file, "-s", "", "-o", tmp / "maps"], 2, r"sentences has empty text"),
+        (["heatmap", model_dir, bag_file, "-s", "tumour", "-o", tmp / "maps", "--slide", bag_file], 2,
+         r"slide=.* is not a slide file"),
+        (["eval", model_dir, tmp / "empty", "-o", tmp / "eval"], 2, r"empty"),
+        (["check", tmp / "empty"], 2, r"empty"),
+        (["push", model_dir, "bad repo id"], 2, r"repo id 'bad repo id' is not a valid Hub id"),
+        (["push", tmp / "not-a-model", "lab/x"], 2, r"config.json: not a saved model folder"),
+        (["convert", tmp / "absent.bin", "--hparams", tmp / "h.yaml", "--text-model", model_dir, "-o", tmp / "c"], 2,
+         r"absent.bin"),
+        (["benchmark", "pathflip2-zero-shot", model_dir, "--features", tmp / "absent", "-o", tmp / "b"], 2,
+         r"--features .*absent is not a folder"),
+        (["benchmark", "pathflip2-zero-shot", model_dir, "--features", tmp / "empty", "-o", tmp / "b",
+          "--datasets", "Camelyon17"], 2, r"--datasets \['Camelyon17'\] are not in the benchmark"),
+        (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run"], 2,
+         r"neither a dataset folder \(save_to_disk\) nor parquet files"),
+    ]  # fmt: skip
+
+
+def test_unusable_inputs_name_the_item_and_the_fix(tmp_path, model_dir, bag_file, capsys):
+    cases = _input_cases(tmp_path, model_dir, bag_file)
+    for argv, expected, message in cases:
+        code, error = run(argv, capsys)
+        assert code == expected and re.search(message, error), (argv, code, error)
+        assert "Traceback" not in error, argv
+    for written in ("out", "maps", "eval", "c", "b", "run"):
+        assert not (tmp_path / written).exists() or not any((tmp_path / written).rglob("*.partial")), written
+    assert len(cases) >= 25
+
+
+# ---- the pipelines' arguments ------------------------------------------------------------------------------------
+
+PIPELINE_CASES = [
+    ("zero-shot-slide-classification", {"candidate_labels": ["tumour", "tumour"]}, r"candidate_labels repeats"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["tumour", " "]}, r"candidate_labels has empty text"),
+    ("zero-shot-slide-classification", {"candidate_labels": []}, r"candidate_labels must be a text or a non-empty list"),
+    ("zero-shot-slide-classification", {"candidate_labels": [1, 2]}, r"candidate_labels must be a text"),
+    ("zero-shot-slide-classification", {"candidate_labels": "tumour", "top_k": 0}, r"top_k must be a positive whole"),
+    ("zero-shot-slide-classification", {"candidate_labels": "tumour", "top_k": -1}, r"top_k must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": "tumour", "top_k": 1.5}, r"top_k must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": "tumour", "top_k": True}, r"top_k must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": "a", "hypothesis_template": "no slot"},
+     r"hypothesis_template needs a '\{\}'"),
+    ("zero-shot-slide-classification", {"candidate_labels": "a", "mpp": float("nan")}, r"mpp must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": "a", "mpp": -0.5}, r"mpp must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": "a", "colour": "red"}, r"unknown option\(s\) \['colour'\]"),
+    ("slide-grounding", {"sentences": ""}, r"sentences has empty text"),
+    ("slide-grounding", {"sentences": ["a", "a"]}, r"sentences repeats \['a'\]"),
+    ("slide-grounding", {"sentences": "a", "heatmap_size": 0}, r"heatmap_size must be a positive whole"),
+    ("slide-grounding", {"sentences": "a", "top_k": 0}, r"top_k must be a positive"),
+    ("slide-grounding", {}, r"sentences must be one or more texts"),
+    ("slide-text-retrieval", {"candidate_texts": []}, r"candidate_texts must be a text or a non-empty list"),
+    ("slide-text-retrieval", {}, r"give candidate_texts= to rank texts for a slide, or index="),
+    ("slide-feature-extraction", {"patch_encoder": " "}, r"patch_encoder must be a non-empty name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("task, options, message", PIPELINE_CASES)
+def test_bad_pipeline_arguments_are_refused(model_dir, bag_factory, task, options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        pipeline(task, model=str(model_dir))(bag_factory(0, 20), **options)
+
+
+def test_one_string_is_one_label(model_dir, bag_factory):
+    ranked = pipeline("zero-shot-slide-classification", model=str(model_dir))(bag_factory(0, 20),
+                                                                              candidate_labels="tumour")  # fmt: skip
+    assert [item["label"] for item in ranked] == ["tumour"], "not six one-letter labels"
+
+
+BAD_BAGS = [
+    (lambda b: {**b, "features": b["features"][:, :8]}, r"feature dim 8 != the model's patch_dim 16"),
+    (lambda b: {**b, "features": b["features"].index_fill(0, torch.tensor([2]), float("nan"))}, r"NaN or Inf"),
+    (lambda b: {**b, "coords": b["coords"][:5]}, r"coords of shape \(5, 2\) do not match 20"),
+    (lambda b: {**b, "patch_size_level0": 0}, r"missing or invalid patch_size_level0 \(0\)"),
+    (lambda b: {**b, "coords": torch.cat([b["coords"][:1], b["coords"][:19]])}, r"duplicate coords"),
+    (lambda b: {key: value for key, value in b.items() if key != "coords"}, r"missing 'coords'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, message", BAD_BAGS)
+def test_bad_bags_name_the_slide(model_dir, bag_factory, change, message):
+    with pytest.raises(ValueError, match=f"slide 'slide-0'.*{message}|{message}"):
+        pipeline("slide-feature-extraction", model=str(model_dir))(change(bag_factory(0, 20)))
+
+
+# ---- file names built from data stay inside the output folder -------------------------------------------------
+
+HOSTILE_IDS = ["../../escape", "/etc/passwd-copy", "a/b\\\\c", "nul\x00byte", "x" * 400, "unicodé-切片", ".", ".."]
+
+
+@pytest.mark.parametrize("slide_id", HOSTILE_IDS)
+def test_hostile_slide_ids_write_inside_the_output_folder(model_dir, bag_factory, tmp_path, slide_id):
+    output = tmp_path / "maps"
+    bag = {**bag_factory(0, 20), "slide_id": slide_id}
+    (result,) = pipeline("slide-grounding", model=str(model_dir))(bag, sentences="tumour ../../../x",
+                                                                   output_dir=str(output))  # fmt: skip
+    written = sorted(path for path in tmp_path.rglob("*") if path.is_file())
+    assert len(written) == 2 and all(path.parent == output for path in written), written
+    assert {result["png_file"], result["geojson_file"]} == {str(path) for path in written}
+    assert all(len(path.name) < 200 for path in written)
+
+
+def test_the_catalogue_holds_sixty_bad_inputs():
+    assert len(OPTION_CASES) + 26 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
+    json.dumps([case[0] for case in OPTION_CASES])  # the table stays plain data
