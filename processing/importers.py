@@ -294,17 +294,44 @@ def _bag(path: Path, features: np.ndarray, coords: np.ndarray, attr_sets: tuple,
         raise ValueError(f"{path}: features contain NaN or Inf{why}.")
     if np.issubdtype(coords.dtype, np.floating) and not np.array_equal(coords, np.round(coords)):
         raise ValueError(f"{path}: coords are not whole level-0 pixels.")
+    _check_coords(path, coords)
     attr_mpp = _find_attr("mpp", attr_sets)
     encoder = _find_attr("encoder", attr_sets)
+    patch_size = _patch_size_level0(path, attr_sets[0], options.patch_size_level0, options.require_patch_size)
+    if patch_size is not None:
+        _check_grid_step(path, coords, patch_size)
     return {
         "slide_id": path.stem,
         "features": cast,
         "coords": coords.astype(np.int32),
-        "patch_size_level0": _patch_size_level0(path, attr_sets[0], options.patch_size_level0,
-                                                options.require_patch_size),  # fmt: skip
+        "patch_size_level0": patch_size,
         "mpp": options.mpp if attr_mpp is None else _valid_mpp(attr_mpp, str(path)),
         "encoder": options.encoder if encoder is None else str(encoder),
     }
+
+
+def _check_coords(path: Path, coords: np.ndarray) -> None:
+    """Level-0 top-left corners: non-negative, within int32, each position once."""
+    if len(coords) and coords.min() < 0:
+        raise ValueError(f"{path}: negative coords (first {coords[np.argwhere(coords < 0)[0][0]].tolist()}); level-0 "
+                         "pixels start at 0.")  # fmt: skip
+    if len(coords) and coords.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{path}: coords beyond {np.iinfo(np.int32).max} level-0 pixels are not pixel positions.")
+    if len(np.unique(coords, axis=0)) != len(coords):
+        raise ValueError(f"{path}: duplicate coords (two patches at one position); remove the duplicates.")
+
+
+def _check_grid_step(path: Path, coords: np.ndarray, patch_size: int) -> None:
+    """Refuse a patch size that the coordinates contradict: patches every 2, 3, ... patch sides would leave gaps
+    between them (a chequerboard heatmap), which means the patch size is at another magnification. Judged on bags
+    of 32 patches or more (a few scattered patches can share a larger step by chance)."""
+    if len(coords) < 32:
+        return
+    offsets = np.abs(coords.astype(np.int64) - coords[:1]).ravel()
+    step = int(np.gcd.reduce(offsets[offsets > 0])) if (offsets > 0).any() else 0
+    if step > patch_size and step % patch_size == 0:
+        raise ValueError(f"{path}: the patches lie {step} level-0 px apart but patch_size_level0 is {patch_size}; "
+                         f"it is probably {step} (pass --patch-size-level0 {step}).")  # fmt: skip
 
 
 def _patch_size_level0(path: Path, attrs: Mapping[str, Any], override: int | None, required: bool = True) -> int | None:

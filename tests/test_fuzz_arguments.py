@@ -56,7 +56,8 @@ def test_zero_shot_options(classifier, bag_factory, labels, top_k, template, mpp
        patch_size=st.one_of(st.none(), st.integers(-2, 600), st.floats(allow_nan=True)),
        value=st.floats(allow_nan=True, allow_infinity=True), caption=st.one_of(st.none(), texts))  # fmt: skip
 def test_processor_bags(processor, rows, dim, coord_rows, patch_size, value, caption):
-    bag = {"features": torch.full((rows, dim), value, dtype=torch.float64), "coords": torch.arange(coord_rows * 2).reshape(-1, 2) * 512,
+    coords = torch.arange(coord_rows * 2).reshape(-1, 2) * 512
+    bag = {"features": torch.full((rows, dim), value, dtype=torch.float64), "coords": coords,
            "patch_size_level0": patch_size, "caption": caption}  # fmt: skip
     batch = _refused_with_a_message(lambda: processor([bag]))
     if batch is not None:

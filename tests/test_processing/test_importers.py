@@ -214,3 +214,37 @@ def test_empty_bags_are_skipped(trident_folder, caplog):
     write_trident(folder / "no-tissue.h5", np.zeros((0, DIM), np.float32), np.zeros((0, 2), np.int64))
     assert import_h5_folder(folder)["slide_id"][:] == ["slide-a", "slide-b", "slide-c"]
     assert "no-tissue.h5" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "coords, patch_size, message",
+    [
+        (np.stack([np.arange(40) % 8, np.arange(40) // 8], 1) * 1024, 512, r"lie 1024 level-0 px apart but "
+         r"patch_size_level0 is 512; it is probably 1024"),
+        (np.array([[0, 0], [512, 0], [-512, 0]]), 512, r"negative coords \(first \[-512, 0\]\)"),
+        (np.array([[0, 0], [512, 0], [0, 0]]), 512, r"duplicate coords"),
+        (np.array([[0, 0], [2**33, 0], [512, 0]]), 512, r"coords beyond 2147483647 level-0 pixels"),
+    ],
+)  # fmt: skip
+def test_coordinates_that_cannot_be_patch_positions_are_refused(tmp_path, coords, patch_size, message):
+    features = np.zeros((len(coords), DIM), np.float32)
+    write_trident(tmp_path / "bad.h5", features, coords, patch_size_level0=patch_size)
+    with pytest.raises(ValueError, match=message):
+        import_h5_folder(tmp_path)
+
+
+def test_trident_pt_features_saved_as_numpy_import_and_objects_are_refused(tmp_path):
+    import torch
+
+    features, coords = make_arrays(6, seed=7)
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "patches").mkdir()
+    torch.save(features, tmp_path / "pt" / "slide-n.pt")  # TRIDENT keeps numpy arrays
+    write_trident(tmp_path / "patches" / "slide-n.h5", features, coords, patch_size_level0=512)
+    dataset = import_pt_folder(tmp_path / "pt", coords_dir=tmp_path / "patches")
+    assert np.allclose(np.asarray(dataset.with_format("numpy")[0]["features"]), features)
+    from fractions import Fraction
+
+    torch.save({"features": Fraction(1, 3)}, tmp_path / "pt" / "slide-n.pt")
+    with pytest.raises(ValueError, match=r"cannot be read safely .*fractions.Fraction.*import the .h5 feature files"):
+        import_pt_folder(tmp_path / "pt", coords_dir=tmp_path / "patches")
