@@ -46,6 +46,15 @@ def bag_name(bag: Mapping[str, Any], position: int) -> str:
     return f"slide {slide_id!r}" if slide_id not in (None, "") else f"bag #{position}"
 
 
+def _whole_positive(value: Any) -> bool:
+    """Whether ``value`` is a whole number >= 1 (an int, or a float / numpy scalar without a fraction)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return number >= 1 and number.is_integer()
+
+
 def validate_bag(
     bag: Mapping[str, Any], position: int, patch_dim: int, require_patch_size: bool = True
 ) -> tuple[str, torch.Tensor, torch.Tensor, int | None]:
@@ -57,7 +66,7 @@ def validate_bag(
         if bag.get(key) is None:
             raise ValueError(f"{name}: missing '{key}'. A bag needs features [N, D] and coords [N, 2].")
     patch_size = bag.get("patch_size_level0")
-    if (patch_size is not None or require_patch_size) and (patch_size is None or int(patch_size) <= 0):
+    if (patch_size is not None or require_patch_size) and not _whole_positive(patch_size):
         raise ValueError(
             f"{name}: missing or invalid patch_size_level0 ({patch_size!r}). Set it to the patch side in "
             "level-0 pixels (e.g. 512 for 256-px patches at 20x read from a 40x slide); it is never guessed."

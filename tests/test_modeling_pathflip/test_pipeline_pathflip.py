@@ -141,7 +141,7 @@ def test_a_slide_file_is_tiled_and_encoded(tmp_path, config_factory, tokenizer):
 @pytest.mark.parametrize(
     "task, options, error, message",
     [
-        ("zero-shot-slide-classification", {"candidate_labels": []}, ValueError, "at least one class"),
+        ("zero-shot-slide-classification", {"candidate_labels": []}, ValueError, "must be a text or a non-empty list"),
         (
             "zero-shot-slide-classification",
             {"candidate_labels": ["a"], "hypothesis_template": "no slot"},
