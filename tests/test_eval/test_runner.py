@@ -40,7 +40,21 @@ def test_metrics_match_direct_model_calls(model, processor, labelled_dataset):
     expected = retrieval_metrics(slides.numpy(), captions.numpy())
     assert {key: metrics[key] for key in expected} == pytest.approx(expected)
     assert metrics["slides"] == 4 and metrics["grounding_queries"] == 4
-    assert 0 <= metrics["zero_shot_balanced_accuracy"] <= 1 and 0 <= metrics["grounding_auroc"] <= 1
+    # zero-shot and grounding, computed here from the model's own calls
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from pathflip.eval.runner import class_prompt_embeddings
+    from pathflip.eval.spec import ZERO_SHOT_TEMPLATES
+
+    classes = class_prompt_embeddings(model, processor, ["fat", "tumour"], list(ZERO_SHOT_TEMPLATES))
+    predictions = (torch.nn.functional.normalize(slides, dim=-1).numpy() @ classes.T).argmax(1)
+    expected_accuracy = balanced_accuracy_score(dataset["label"], predictions)
+    assert metrics["zero_shot_balanced_accuracy"] == pytest.approx(expected_accuracy)
+    with torch.no_grad():
+        grounding = model.get_grounding(**{name: batch[name] for name in BAG_INPUT_NAMES}, **processor(text=["tumour"]))
+    aurocs = [roc_auc_score(dataset["grounding_targets"][i][0], grounding.patch_scores[i, 0, : len(bag["features"])])
+              for i, bag in enumerate(bags)]  # fmt: skip
+    assert metrics["grounding_auroc"] == pytest.approx(float(np.mean(aurocs)), abs=1e-6)
 
 
 def test_missing_bag_columns_are_named(model, processor, labelled_dataset):
