@@ -132,6 +132,37 @@ def check_bag_dataset(
     return rows
 
 
+def load_bag_dataset(source: str | Path, *, streaming: bool = False, default_split: str = "train"):
+    """A feature-bag dataset as splits: a `save_to_disk` folder (a plain dataset becomes ``default_split``),
+    parquet files (a folder of ``<split>-*.parquet`` shards, as `pathflip extract --parquet` writes, or one file) or
+    a Hub dataset id; streamed with ``streaming``."""
+    path = Path(source)
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict({default_split: loaded})
+        if streaming:
+            loaded = datasets.IterableDatasetDict({name: split.to_iterable_dataset() for name, split in loaded.items()})
+        return loaded
+    if path.exists():
+        return datasets.load_dataset("parquet", data_files=_parquet_files(path), streaming=streaming)
+    return datasets.load_dataset(str(source), streaming=streaming)
+
+
+def _parquet_files(path: Path) -> dict[str, list[str]]:
+    """Parquet files by split: ``<split>-*.parquet`` (or ``<split>/*.parquet``) shards; others are ``train``."""
+    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    if not files or any(file.suffix != ".parquet" for file in files):
+        raise ValueError(f"{path} is neither a dataset folder (save_to_disk) nor parquet files; give one of the two, "
+                         "or a Hub dataset id.")  # fmt: skip
+    by_split: dict[str, list[str]] = {}
+    for file in files:
+        split = file.parent.name if file.parent != path and path.is_dir() else file.name.split("-")[0]
+        split = split if split and split != file.stem else "train"
+        by_split.setdefault(split, []).append(str(file))
+    return by_split
+
+
 def save_dataset(dataset: datasets.Dataset | datasets.DatasetDict, path: str | Path) -> Path:
     """`save_to_disk` under a temporary name, then swap it in place (a reader sees the old or the new one)."""
     path = Path(path)

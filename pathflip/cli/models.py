@@ -76,17 +76,16 @@ def _inputs(source: str):
 def command_eval(args: argparse.Namespace) -> int:
     """Evaluate a model on a feature-bag dataset: metrics.json and metrics.md (zero-shot, retrieval and
     grounding for an alignment model; captions and VQA for an LLM-stage model)."""
-    import datasets
     from transformers import AutoConfig
 
     from ..eval.generation import evaluate_generation
     from ..eval.runner import evaluate_model, write_report
+    from ..processing.bags import load_bag_dataset
 
-    loaded = datasets.load_from_disk(args.dataset)
-    if isinstance(loaded, datasets.DatasetDict):
-        if args.split not in loaded:
-            raise ValueError(f"{args.dataset} has splits {list(loaded)}; choose one with --split.")
-        loaded = loaded[args.split]
+    splits = load_bag_dataset(args.dataset, default_split=args.split)  # a folder, parquet files or a Hub id
+    if args.split not in splits:
+        raise ValueError(f"--split {args.split!r} is not a split of {args.dataset}; it has {list(splits)}.")
+    loaded = splits[args.split]
     model_type = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).model_type
     options = {"class_names": args.class_names, "trust_remote_code": args.trust_remote_code}
     if model_type == "pathflip_generation":

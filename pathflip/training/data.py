@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import datasets
 import numpy as np
 
 from modeling_pathflip import PathFLIPConfig
 
-from ..processing.bags import check_bag_dataset
+from ..processing.bags import check_bag_dataset, load_bag_dataset
 from .arguments import DataArguments
 from .records import VQA_COLUMNS, record_texts
 
@@ -21,17 +19,7 @@ def load_splits(args: DataArguments) -> datasets.DatasetDict | datasets.Iterable
     """The dataset, as splits with the standard column names: a `save_to_disk` folder, parquet files (a folder of
     ``<split>-*.parquet`` shards as `pathflip extract --parquet` writes, or one file) or a Hub dataset id; streamed
     with ``--streaming``. Errors name a wrong split or a ``--*_column`` the dataset does not have."""
-    path = Path(args.dataset_name_or_path)
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.Dataset):
-            loaded = datasets.DatasetDict({args.train_split: loaded})
-        if args.streaming:
-            loaded = datasets.IterableDatasetDict({name: split.to_iterable_dataset() for name, split in loaded.items()})
-    elif path.exists():
-        loaded = datasets.load_dataset("parquet", data_files=_parquet_files(path), streaming=args.streaming)
-    else:
-        loaded = datasets.load_dataset(args.dataset_name_or_path, streaming=args.streaming)
+    loaded = load_bag_dataset(args.dataset_name_or_path, streaming=args.streaming, default_split=args.train_split)
     for option, split in (("--train_split", args.train_split), ("--eval_split", args.eval_split)):
         if split is not None and split not in loaded:
             raise ValueError(f"{option} {split!r} is not a split of {args.dataset_name_or_path}; it has "
@@ -45,20 +33,6 @@ def load_splits(args: DataArguments) -> datasets.DatasetDict | datasets.Iterable
     renames = {getattr(args, option): standard for option, standard in COLUMN_OPTIONS.items()}
     renames = {old: new for old, new in renames.items() if old != new and old in columns}
     return loaded.rename_columns(renames) if renames else loaded
-
-
-def _parquet_files(path: Path) -> dict[str, list[str]]:
-    """Parquet files by split: ``<split>-*.parquet`` (or ``<split>/*.parquet``) shards; others are ``train``."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-    if not files or any(file.suffix != ".parquet" for file in files):
-        raise ValueError(f"{path} is neither a dataset folder (save_to_disk) nor parquet files; give one of the two, "
-                         "or a Hub dataset id.")  # fmt: skip
-    by_split: dict[str, list[str]] = {}
-    for file in files:
-        split = file.parent.name if file.parent != path and path.is_dir() else file.name.split("-")[0]
-        split = split if split and split != file.stem else "train"
-        by_split.setdefault(split, []).append(str(file))
-    return by_split
 
 
 def first_row(dataset) -> dict:

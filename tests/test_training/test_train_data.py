@@ -98,6 +98,10 @@ def test_parquet_and_streamed_datasets_train(workspace, tmp_path, streaming):
                  "--dataloader_num_workers", "0", "--max_regions", "3", *arguments])  # fmt: skip
     assert code == 0 and (tmp_path / "run" / "model.safetensors").exists()
     assert json.loads((tmp_path / "run" / "all_results.json").read_text())["train_loss"] > 0
+    if not streaming:  # pathflip eval reads the parquet shards too
+        assert main(["eval", str(tmp_path / "run"), str(tmp_path / "parquet"), "--split", "test", "-o",
+                     str(tmp_path / "eval")]) == 0  # fmt: skip
+        assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["slides"] == 45
 
 
 def test_off_grid_bags_train(workspace, tmp_path):
