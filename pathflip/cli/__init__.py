@@ -30,10 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pathflip` command."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv[:1]
+    debug = argv[:1] == ["--debug"]
+    verb = argv[1:] if debug else argv
     try:
-        if argv[1:2] == ["train"] if debug else argv[:1] == ["train"]:
-            return jobs.command_train(argv[2:] if debug else argv[1:])
+        if verb[:1] == ["train"]:  # the Trainer's own options: HfArgumentParser reads them, not argparse
+            return jobs.command_train(verb[1:])
         args = build_parser().parse_args(argv)
         return args.run(args)
     except Exception as error:

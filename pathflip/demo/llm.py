@@ -80,10 +80,10 @@ def train_language_model(options: DemoOptions, instructions, steps: int) -> Path
     return folder
 
 
-def run_stage(options: DemoOptions, stage: str, source: Path, dataset_dir: Path, steps: int, extra: list[str]) -> Path:
-    """One LLM stage through `pathflip train`'s code; skipped when its folder is saved."""
-    import datasets
-
+def run_stage(options: DemoOptions, stage: str, source: Path, dataset_dir: Path, train_rows: int, steps: int,
+              extra: list[str]) -> Path:  # fmt: skip
+    """One LLM stage through `pathflip train`'s code (batches of 16 records, or all ``train_rows`` when fewer);
+    skipped when its folder is saved."""
     output = options.output / f"llm-{stage}"
     if (output / "model.safetensors").exists():
         return output
@@ -91,7 +91,7 @@ def run_stage(options: DemoOptions, stage: str, source: Path, dataset_dir: Path,
         "--stage", stage, "--model_name_or_path", str(source),
         "--dataset_name_or_path", str(dataset_dir), "--train_split", "train", "--output_dir", str(output),
         "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size",
-        str(min(16, len(datasets.load_from_disk(str(dataset_dir))["train"]))), "--learning_rate", "2e-3",
+        str(min(16, train_rows)), "--learning_rate", "2e-3",
         "--warmup_steps", "10", "--logging_steps", "25", "--save_strategy", "no", "--seed", str(options.seed),
         "--report_to", "none", "--disable_tqdm", "false", *extra,
     ]  # fmt: skip
@@ -105,10 +105,11 @@ def run_llm_stage(options: DemoOptions, dataset, alignment_model: Path, steps: i
     instructions = build_instructions(options, dataset)
     llm = train_language_model(options, instructions, 2 * steps)
     step(f"LLM 2/3: pathflip train --stage caption ({steps} steps), then --stage instruct ({steps} steps, LoRA)")
-    caption = run_stage(options, "caption", alignment_model, options.output / "dataset", steps,
+    caption = run_stage(options, "caption", alignment_model, options.output / "dataset", len(dataset["train"]), steps,
                         ["--llm_name_or_path", str(llm), "--max_visual_tokens", str(MAX_VISUAL_TOKENS)])  # fmt: skip
     lora = ["--lora_r", "16", "--lora_alpha", "32", "--lora_target_modules", *LORA_MODULES]
-    instruct = run_stage(options, "instruct", caption, options.output / "instructions", steps, lora)
+    instruct = run_stage(options, "instruct", caption, options.output / "instructions", len(instructions["train"]),
+                         steps, lora)  # fmt: skip
     step("LLM 3/3: captions and multiple-choice answers for held-out slides")
     return instruct, evaluate_generation(instruct, instructions["test"])
 
