@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -148,8 +148,12 @@ class PatchReadDataset(Dataset):
 
 
 def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, device: torch.device, *,
-                 mpp: float | None = None, slide_id: str | None = None) -> tuple:  # fmt: skip
-    """Tile and encode one slide (``mpp`` overrides the run's and the slide's); return ``(tiling, features)``."""
+                 mpp: float | None = None, slide_id: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> tuple:  # fmt: skip
+    """Tile and encode one slide (``mpp`` overrides the run's and the slide's); return ``(tiling, features)``.
+
+    ``progress(done, total)`` is called with the number of patches encoded after each batch.
+    """
     mpp = mpp or options.mpp
     with SlideReader(path, mpp=mpp) as reader:
         tiling = tile_slide(reader, options.tiling)
@@ -173,6 +177,8 @@ def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, 
     with torch.inference_mode(), autocast:
         for pixels in tqdm(loader, desc=tiling.slide_id, unit="batch", leave=False):
             chunks.append(encoder(pixels.to(device, non_blocking=True)).float().cpu())
+            if progress is not None:
+                progress(sum(len(chunk) for chunk in chunks), len(dataset))
     features = torch.cat(chunks)
     if not torch.isfinite(features).all():
         raise SlideError(f"slide {tiling.slide_id!r}: the encoder produced NaN/Inf features; check the slide.")

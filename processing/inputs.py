@@ -6,7 +6,7 @@ name (the ``pathflip.input_loaders`` entry point ``files``) or take it as ``inpu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,9 @@ def slide_tiling(patch_size_um: float | None, patch_size_px: int | None) -> Tili
 
 
 def encode_slide_file(path: Path, *, encoder: str | None, mpp: float | None, patch_size_um: float | None,
-                      patch_size_px: int | None, device: torch.device | str | None) -> dict[str, Any]:  # fmt: skip
-    """One slide tiled and encoded into a bag."""
+                      patch_size_px: int | None, device: torch.device | str | None, slide_id: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One slide tiled and encoded into a bag (``progress(done, total)`` after each batch of patches)."""
     if encoder is None:
         raise ValueError(f"{path} is a slide, and the model records no patch encoder: pass patch_encoder= "
                          "(--patch-encoder), the encoder the model was trained on.")  # fmt: skip
@@ -83,7 +84,7 @@ def encode_slide_file(path: Path, *, encoder: str | None, mpp: float | None, pat
 
     options = ExtractionOptions(tiling=slide_tiling(patch_size_um, patch_size_px), mpp=mpp)
     tiling, features = encode_slide(path, load_encoder(encoder).to(device or "cpu"), options,
-                                    torch.device(device or "cpu"))  # fmt: skip
+                                    torch.device(device or "cpu"), slide_id=slide_id, progress=progress)  # fmt: skip
     return {"slide_id": tiling.slide_id, "features": features, "coords": tiling.coords,
             "patch_size_level0": tiling.patch_size_level0, "mpp": tiling.mpp, "encoder": encoder}  # fmt: skip
 
