@@ -326,16 +326,21 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         region_positions: torch.Tensor | None = None,
+        slide_features: PathFLIPSlideOutput | None = None,
     ) -> PathFLIPGroundingOutput:
         """Score every patch of every bag for each text ``[T, S]``.
 
         score(p) = TRA weight of p's region for the text x Region Q-Former weight of p relative to a uniform
         weight over the region's patches (weight x patch count). Scores are aligned with the rows of
-        ``patch_features`` (0 on padding).
+        ``patch_features`` (0 on padding). ``slide_features``: the output of ``get_slide_features(...,
+        output_region_patch_weights=True)`` for the same bags, kept by a caller that grounds many texts in one
+        slide, so that only the texts are encoded.
         """
-        slide = self.get_slide_features(
-            patch_features, patch_attention_mask, region_patch_index, region_attention_mask, region_positions, True
-        )
+        slide = slide_features
+        if slide is None or slide.region_patch_weights is None:
+            slide = self.get_slide_features(
+                patch_features, patch_attention_mask, region_patch_index, region_attention_mask, region_positions, True
+            )
         text_embeds = self.get_text_features(input_ids, attention_mask)
         _, region_scores = self.get_text_conditioned_region_features(
             text_embeds, slide.region_embeds, region_attention_mask

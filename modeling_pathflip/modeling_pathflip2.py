@@ -241,10 +241,13 @@ class PathFLIP2Model(PathFLIP2PreTrainedModel):
         patch_attention_mask: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        slide_features: PathFLIP2SlideOutput | None = None,
     ) -> PathFLIP2GroundingOutput:
         """Score every patch of every bag for each text ``[T, S]``: the soft top-k weights of the texts' local
-        embeddings over the slide's local patch features (aligned with the rows of ``patch_features``)."""
-        slide = self.get_slide_features(patch_features, patch_attention_mask)
+        embeddings over the slide's local patch features (aligned with the rows of ``patch_features``).
+        ``slide_features``: ``get_slide_features`` of the same bags, kept by a caller grounding many texts."""
+        slide = slide_features if slide_features is not None else self.get_slide_features(
+            patch_features, patch_attention_mask)  # fmt: skip
         texts = self.get_text_features(input_ids, attention_mask, projection="local")
         texts = texts[None].expand(slide.patch_embeds.shape[0], -1, -1)
         _, weights, selection = soft_topk_pooling(slide.patch_embeds, slide.patch_attention_mask, texts,

@@ -211,6 +211,18 @@ def test_grounding_scores_are_region_weight_times_relative_patch_weight(model, p
         torch.testing.assert_close(grounding.patch_scores[i].sum(-1), grounding.region_scores[i][:, real] @ sizes)
 
 
+def test_grounding_from_kept_slide_features_equals_a_full_grounding(model, processor, bag_factory, bag_inputs):
+    batch = bag_inputs(processor([bag_factory(3, 50)], return_loss=False))
+    texts = processor(text=["dense tumour nuclei", "fat"])
+    with torch.no_grad():
+        kept = model.get_slide_features(**batch, output_region_patch_weights=True)
+        full = model.get_grounding(**batch, **texts)
+        blank = {**batch, "patch_features": batch["patch_features"] * 0}  # not encoded again: blank is unseen
+        cached = model.get_grounding(**blank, **texts, slide_features=kept)
+    torch.testing.assert_close(cached.patch_scores, full.patch_scores)
+    torch.testing.assert_close(cached.region_scores, full.region_scores)
+
+
 def _direct_grounding(model, batch, texts):
     """Recompute patch scores bag by bag from the raw attention tensors of the TRA and the Q-Former."""
     results = []

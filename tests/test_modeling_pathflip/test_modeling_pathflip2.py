@@ -73,6 +73,18 @@ def test_grounding_scores_are_the_soft_topk_weights_of_the_local_heads(pathflip2
     torch.testing.assert_close(grounding.patch_scores[0], (cosine / 0.5).softmax(-1), atol=1e-6, rtol=0)
 
 
+def test_grounding_from_kept_slide_features_equals_a_full_grounding(pathflip2, bag_factory):
+    model, processor = pathflip2
+    batch = processor([bag_factory(4, 30)], return_loss=False)
+    text = processor(text=["dense tumour cells", "fat"])
+    with torch.no_grad():
+        kept = model.get_slide_features(batch["patch_features"], batch["patch_attention_mask"])
+        full = model.get_grounding(batch["patch_features"], batch["patch_attention_mask"], **text)
+        cached = model.get_grounding(batch["patch_features"] * 0, batch["patch_attention_mask"], **text,
+                                     slide_features=kept)  # fmt: skip
+    torch.testing.assert_close(cached.patch_scores, full.patch_scores)
+
+
 def test_unmasked_mean_pooling_depends_on_the_batch_padding_as_released(pathflip2_config_factory, tokenizer):
     """The released model averages over padding too (text_pooling='mean_unmasked'); our own default does not."""
     torch.manual_seed(0)
