@@ -273,7 +273,14 @@ def render_texture(
         raise ValueError(f"unknown tissue kind {kind!r}; expected one of {TISSUE_TYPES}")
     if height < 1 or width < 1:
         raise ValueError(f"texture size must be positive, got {height}x{width}")
-    haematoxylin, eosin, neutral = _PAINTERS[kind]((height, width), rng)
+    return stain_rgb(*_PAINTERS[kind]((height, width), rng), rng, stain_scale=stain_scale)
+
+
+def stain_rgb(
+    haematoxylin: np.ndarray, eosin: np.ndarray, neutral: np.ndarray, rng: np.random.Generator, *, stain_scale: float
+) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of stain concentration maps (each [H, W]), with a seeded stain balance and noise."""
+    height, width = haematoxylin.shape
     balance = rng.uniform(0.92, 1.08, 2) * stain_scale
     concentration = np.stack([haematoxylin, eosin, neutral], axis=-1)
     np.clip(concentration, 0, None, out=concentration)
