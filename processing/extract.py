@@ -5,8 +5,9 @@ Layout of an output folder::
     manifest.json              encoder, tiling options, package versions (a rerun must match it)
     bags/<slide_id>.safetensors  one finished slide (written atomically and durably; a bag that cannot be read,
                                or whose mpp disagrees with the cohort table, is extracted again)
-    tissue/<slide_id>.png      tissue-mask overlay for quality control
-    report.json                the last run: done, already done, extracted again, failed (with reasons)
+    tissue/<slide_id>.png      quality control: kept patches green, tissue that no patch holds magenta
+    report.json                the last run: done, already done, extracted again, failed (with reasons), and per
+                               slide extracted its tissue figures (`tiler.tissue_quality`) and warnings
     dataset/                   the feature-bag dataset (a DatasetDict by split with a cohort table), one Arrow
                                shard per slide, updated from bags/ at the end (unchanged slides are not rewritten)
 
@@ -66,7 +67,10 @@ class ExtractionOptions:
 
 # Options that change the features, and the command-line flag that sets each (a resumed run must keep them).
 FEATURE_OPTIONS = {"target_mpp": "--target-mpp", "patch_size": "--patch-size", "min_tissue_fraction": "--min-tissue",
-                   "min_area_um2": "min_area_um2", "mpp": "--mpp"}  # fmt: skip
+                   "min_area_um2": "min_area_um2", "tissue_method": "--tissue-method",
+                   "tissue_threshold": "--tissue-threshold", "mpp": "--mpp"}  # fmt: skip
+# What a manifest written before an option existed meant by it.
+FEATURE_DEFAULTS_BEFORE = {"tissue_method": "saturation", "tissue_threshold": None}
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,15 @@ class SlideSpec:
 
 @dataclass
 class ExtractionReport:
-    """What a run did; ``failed`` and ``extracted_again`` map slide ids to the reason."""
+    """What a run did; ``failed`` and ``extracted_again`` map slide ids to the reason, ``tissue`` the slides tiled
+    in this run to their tissue figures (`tiler.tissue_quality`), ``warnings`` to what those figures warn of."""
 
     done: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
     extracted_again: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    tissue: dict[str, dict] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
     dataset: str | None = None
     processes: int = 1
     is_main_process: bool = True
@@ -99,6 +106,9 @@ class ExtractionReport:
         lines = [f"{len(self.done)} extracted, {len(self.already_done)} already done, {len(self.failed)} failed"]
         lines += [f"  extracted again {slide}: {reason}" for slide, reason in self.extracted_again.items()]
         lines += [f"  FAILED {slide}: {reason}" for slide, reason in self.failed.items()]
+        lines += [f"  WARNING {slide}: {warning}; check tissue/{safe_name(slide)}.png (--tissue-method, "
+                  "--tissue-threshold, --min-tissue)"
+                  for slide, found in self.warnings.items() for warning in found]  # fmt: skip
         return "\n".join(lines)
 
 
@@ -147,22 +157,33 @@ class PatchReadDataset(Dataset):
         return self.encoder.preprocess(pixels)
 
 
+def tile_file(path: Path, options: ExtractionOptions, *, mpp: float | None = None,
+              slide_id: str | None = None) -> Tiling:  # fmt: skip
+    """Tile one slide file (``mpp`` overrides the run's and the slide's; ``slide_id`` the file's name)."""
+    with SlideReader(path, mpp=mpp or options.mpp) as reader:
+        tiling = tile_slide(reader, options.tiling)
+    if slide_id:
+        tiling.slide_id = slide_id
+    return tiling
+
+
 def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, device: torch.device, *,
                  mpp: float | None = None, slide_id: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple:  # fmt: skip
-    """Tile and encode one slide (``mpp`` overrides the run's and the slide's); return ``(tiling, features)``.
+                 progress: Callable[[int, int], None] | None = None,
+                 tiling: Tiling | None = None) -> tuple:  # fmt: skip
+    """Tile (unless given its ``tiling``) and encode one slide (``mpp`` overrides the run's and the slide's);
+    return ``(tiling, features)``.
 
     ``progress(done, total)`` is called with the number of patches encoded after each batch.
     """
     mpp = mpp or options.mpp
-    with SlideReader(path, mpp=mpp) as reader:
-        tiling = tile_slide(reader, options.tiling)
-    if slide_id:
-        tiling.slide_id = slide_id
+    tiling = tiling or tile_file(path, options, mpp=mpp, slide_id=slide_id)
     if len(tiling.coords) == 0:
+        seen = tiling.quality.get("non_glass_fraction", 0.0)
         raise SlideError(
             f"slide {tiling.slide_id!r}: no tissue found (no patch reaches min_tissue_fraction="
-            f"{options.tiling.min_tissue_fraction}); check tissue/{tiling.slide_id}.png or lower the threshold."
+            f"{options.tiling.min_tissue_fraction}; {seen:.1%} of the slide differs from glass); check "
+            f"tissue/{safe_name(tiling.slide_id)}.png, or lower --min-tissue or --tissue-threshold."
         )
     dataset = PatchReadDataset(path, tiling, encoder, mpp)
     loader = DataLoader(
@@ -263,7 +284,7 @@ def check_manifest(output: Path, manifest: dict) -> None:
 
 
 def _feature_options(options: dict) -> dict:
-    return {**options.get("tiling", {}), "mpp": options.get("mpp")}
+    return {**FEATURE_DEFAULTS_BEFORE, **options.get("tiling", {}), "mpp": options.get("mpp")}
 
 
 def run_extraction(
@@ -300,9 +321,9 @@ def run_extraction(
                 continue
             report.extracted_again[spec.name] = stale
         try:
-            tiling, features = encode_slide(Path(spec.path), encoder, options, device, mpp=spec.mpp,
-                                            slide_id=spec.name)  # fmt: skip
-            save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{safe_name(spec.name)}.png")
+            tiling = tile_file(Path(spec.path), options, mpp=spec.mpp, slide_id=spec.name)
+            _record_tissue(report, tiling, output)
+            _, features = encode_slide(Path(spec.path), encoder, options, device, mpp=spec.mpp, tiling=tiling)
             write_bag_file(bag_path, tiling, features, encoder)
             report.done.append(spec.name)
         except SlideError as error:
@@ -322,6 +343,15 @@ def run_extraction(
             write_text(output / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     state.wait_for_everyone()
     return report
+
+
+def _record_tissue(report: ExtractionReport, tiling: Tiling, output: Path) -> None:
+    """Write a slide's tissue overlay and put its tissue figures and warnings in the report."""
+    save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{safe_name(tiling.slide_id)}.png",
+                 kept=tiling.kept, non_glass=tiling.non_glass)  # fmt: skip
+    report.tissue[tiling.slide_id] = {key: value for key, value in tiling.quality.items() if key != "warnings"}
+    if tiling.quality.get("warnings"):
+        report.warnings[tiling.slide_id] = tiling.quality["warnings"]
 
 
 def _stale_reason(bag_path: Path, spec: SlideSpec) -> str | None:
@@ -346,7 +376,8 @@ def _merge_reports(state, report: ExtractionReport) -> ExtractionReport:
     for part in gathered:
         merged.done += part["done"]
         merged.already_done += part["already_done"]
-        merged.failed.update(part["failed"])
+        for name in ("extracted_again", "failed", "tissue", "warnings"):
+            getattr(merged, name).update(part[name])
     return merged
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..files import safe_name, write_text
 from ..processing.tiler import TilingOptions
+from ..processing.tissue import TISSUE_METHODS
 from .options import fraction, nonempty, nonnegative_int, positive_float, positive_int
 
 
@@ -19,10 +20,18 @@ def _tiling_arguments(parser: argparse.ArgumentParser, slides: str = "+") -> Non
     parser.add_argument("--target-mpp", type=positive_float, default=0.5, help="patch resolution (default 0.5, ~20x)")
     parser.add_argument("--patch-size", type=positive_int, default=256, help="patch side in pixels (default 256)")
     parser.add_argument("--min-tissue", type=fraction, default=0.25, help="minimum tissue fraction of a patch")
+    parser.add_argument("--tissue-method", choices=TISSUE_METHODS, default="od",
+                        help="tissue detector: od (optical density above the slide's glass; keeps pale tissue) or "
+                             "saturation (the earlier Otsu threshold on saturation)")  # fmt: skip
+    parser.add_argument("--tissue-threshold", type=positive_float,
+                        help="the detector's threshold instead of its own: optical density above the glass "
+                             "(od, default 0.02 or more on noisy glass) or saturation (saturation, default "
+                             "Otsu's)")  # fmt: skip
 
 
 def _tiling_options(args: argparse.Namespace) -> TilingOptions:
-    return TilingOptions(target_mpp=args.target_mpp, patch_size=args.patch_size, min_tissue_fraction=args.min_tissue)
+    return TilingOptions(target_mpp=args.target_mpp, patch_size=args.patch_size, min_tissue_fraction=args.min_tissue,
+                         tissue_method=args.tissue_method, tissue_threshold=args.tissue_threshold)  # fmt: skip
 
 
 def command_tile(args: argparse.Namespace) -> int:
@@ -32,23 +41,31 @@ def command_tile(args: argparse.Namespace) -> int:
     from ..processing.tiler import tile_slide
     from ..processing.tissue import save_overlay
 
-    output, failures = Path(args.output), {}
+    output, failures, options = Path(args.output), {}, _tiling_options(args)
     for path in find_slides(args.slides):
         try:
             with SlideReader(path, mpp=args.mpp) as reader:
-                tiling = tile_slide(reader, _tiling_options(args))
+                tiling = tile_slide(reader, options)
         except SlideError as error:
             failures[path.stem] = str(error)
             continue
-        save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{safe_name(tiling.slide_id)}.png")
+        name = safe_name(tiling.slide_id)
+        save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{name}.png", kept=tiling.kept,
+                     non_glass=tiling.non_glass)  # fmt: skip
         record = {
             "slide_id": tiling.slide_id,
             "patch_size_level0": tiling.patch_size_level0,
             "mpp": tiling.mpp,
+            "tissue": tiling.quality,
             "coords": tiling.coords.tolist(),
         }
-        write_text(output / "coords" / f"{safe_name(tiling.slide_id)}.json", json.dumps(record))
-        print(f"{tiling.slide_id}: {len(tiling.coords)} patches of {tiling.patch_size_level0} level-0 px")
+        write_text(output / "coords" / f"{name}.json", json.dumps(record))
+        quality = tiling.quality
+        print(f"{tiling.slide_id}: {len(tiling.coords)} patches of {tiling.patch_size_level0} level-0 px; tissue "
+              f"{quality['tissue_fraction']:.1%} of the slide, patches hold {quality['non_glass_kept']:.0%} of what "
+              "differs from glass")  # fmt: skip
+        for warning in quality["warnings"]:
+            print(f"WARNING {tiling.slide_id}: {warning}; check tissue/{name}.png", file=sys.stderr)
     return _report_failures(failures)
 
 
@@ -60,11 +77,12 @@ def command_extract(args: argparse.Namespace) -> int:
 
     if bool(args.slides) == bool(args.table):
         raise ValueError("give the slides (files or folders) or --table cohort.csv, one of the two.")
+    tiling = _tiling_options(args)
     cohort = _cohort(args)
     slides = find_slides(args.slides) if args.slides else [SlideSpec(row.slide, row.slide_id, row.mpp)
                                                             for row in cohort.rows]  # fmt: skip
     options = ExtractionOptions(
-        tiling=_tiling_options(args),
+        tiling=tiling,
         mpp=args.mpp,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -198,7 +216,6 @@ def add_verbs(commands) -> None:
     decompose.add_argument("--batch-size", type=positive_int, default=8)
     decompose.add_argument("--max-new-tokens", type=positive_int, default=200)
     decompose.set_defaults(run=command_decompose)
-
 
 
 def _table_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,23 @@ def test_tile_writes_coords_and_overlays(tmp_path, slide_factory, capsys):
     assert "cli-tile:" in capsys.readouterr().out
 
 
+def test_tile_says_what_its_tissue_detector_left_out(tmp_path, capsys):
+    """Mucin lakes: the saturation threshold leaves them out and tile warns; the default od detector keeps them."""
+    from pathflip.synthetic.tissue_slides import make_tissue_slide, write_tissue_slide
+
+    slide, _ = write_tissue_slide(make_tissue_slide("mucinous", 0, side=2048), tmp_path / "slides")
+    assert main(["tile", str(slide), "-o", str(tmp_path / "before"), "--tissue-method", "saturation"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING mucinous-0: patches hold" in captured.err and "check tissue/mucinous-0.png" in captured.err
+    assert main(["tile", str(slide), "-o", str(tmp_path / "after")]) == 0
+    captured, runs = capsys.readouterr(), ("before", "after")
+    assert "WARNING" not in captured.err and "mucinous-0:" in captured.out and "differs from glass" in captured.out
+    before, after = (json.loads((tmp_path / run / "coords" / "mucinous-0.json").read_text()) for run in runs)
+    assert before["tissue"]["tissue_method"] == "saturation" and after["tissue"]["tissue_method"] == "od"
+    assert len(after["coords"]) == after["tissue"]["patches"] > len(before["coords"])
+    assert after["tissue"]["warnings"] == [] and before["tissue"]["warnings"]
+
+
 def test_tile_reports_a_slide_without_mpp_and_exits_nonzero(tmp_path, slide_factory, capsys):
     slide = slide_factory("cli-no-mpp", layout="aperio", mpp=None)
     assert main(["tile", str(slide), "-o", str(tmp_path)]) == 1

@@ -12,6 +12,7 @@ import pytest
 from pathflip.processing.encoders import load_encoder
 from pathflip.processing.extract import ExtractionOptions, build_dataset, run_extraction
 from pathflip.processing.tiler import TilingOptions
+from pathflip.synthetic.tissue_slides import make_tissue_slide, write_tissue_slide
 
 OPTIONS = ExtractionOptions(batch_size=16, num_workers=0)
 
@@ -86,9 +87,51 @@ def test_resuming_refuses_only_options_that_change_features_and_names_them(tmp_p
     other = ExtractionOptions(tiling=OPTIONS.tiling, mpp=0.25, batch_size=16, num_workers=0)
     with pytest.raises(ValueError, match="made with --mpp None, this run asks for --mpp 0.25"):
         run_extraction([slide_factory("settings")], tmp_path, encoder, other)
+    other = ExtractionOptions(tiling=TilingOptions(tissue_method="saturation"), batch_size=16, num_workers=0)
+    with pytest.raises(ValueError, match="made with --tissue-method od, this run asks for --tissue-method saturation"):
+        run_extraction([slide_factory("settings")], tmp_path, encoder, other)
+    other = ExtractionOptions(tiling=TilingOptions(tissue_threshold=0.05), batch_size=16, num_workers=0)
+    with pytest.raises(ValueError, match="with --tissue-threshold None, this run asks for --tissue-threshold 0.05"):
+        run_extraction([slide_factory("settings")], tmp_path, encoder, other)
     # batch size, workers and parquet do not change features: the run resumes
     workers = ExtractionOptions(tiling=OPTIONS.tiling, batch_size=7, num_workers=1, parquet=True)
     assert run_extraction([slide_factory("settings")], tmp_path, encoder, workers).already_done == ["settings"]
+
+
+def test_a_folder_from_before_the_tissue_options_resumes_only_with_the_saturation_detector(tmp_path, slide_factory):
+    """Its manifest has no tissue_method: its bags were made by the saturation threshold, the only one there was."""
+    encoder = load_encoder("stain-texture")
+    run_extraction([slide_factory("settings")], tmp_path, encoder, OPTIONS)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for name in ("tissue_method", "tissue_threshold"):
+        del manifest["options"]["tiling"][name]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="made with --tissue-method saturation, .* Resume with --tissue-method satu"):
+        run_extraction([slide_factory("settings")], tmp_path, encoder, OPTIONS)
+    before = ExtractionOptions(tiling=TilingOptions(tissue_method="saturation"), batch_size=16, num_workers=0)
+    assert run_extraction([slide_factory("settings")], tmp_path, encoder, before).already_done == ["settings"]
+
+
+def test_report_gives_each_slide_its_tissue_figures_and_warns_when_tissue_is_left_out(tmp_path):
+    """Stroma beside a dominant haemorrhage under the saturation threshold: few patches, a warning in the summary
+    and report.json; the od detector keeps it and says nothing."""
+    path, _ = write_tissue_slide(make_tissue_slide("haemorrhage", 0, side=1536), tmp_path / "slides")
+    encoder = load_encoder("stain-texture")
+    before = ExtractionOptions(tiling=TilingOptions(tissue_method="saturation"), batch_size=16, num_workers=0)
+    report = run_extraction([path], tmp_path / "before", encoder, before)
+    assert report.done == ["haemorrhage-0"] and "tissue may have been left out" in report.warnings["haemorrhage-0"][0]
+    summary = report.summary()
+    assert "WARNING haemorrhage-0: patches hold" in summary and "check tissue/haemorrhage-0.png" in summary
+    saved = json.loads((tmp_path / "before" / "report.json").read_text())
+    assert saved["warnings"] == report.warnings and saved["tissue"]["haemorrhage-0"]["tissue_method"] == "saturation"
+    after = run_extraction([path], tmp_path / "after", encoder, OPTIONS)
+    figures, figures_before = after.tissue["haemorrhage-0"], report.tissue["haemorrhage-0"]
+    assert not after.warnings and figures["non_glass_kept"] >= 0.85 and figures["tissue_method"] == "od"
+    assert figures_before["patches"] == len(_rows(tmp_path / "before")["haemorrhage-0"]["coords"])
+    assert figures["patches"] > 2 * figures_before["patches"]
+    assert {"tissue_fraction", "non_glass_fraction", "kept_fraction", "glass_rgb", "grid_patches"} <= set(figures)
+    manifest = json.loads((tmp_path / "after" / "manifest.json").read_text())
+    assert manifest["options"]["tiling"]["tissue_method"] == "od"
 
 
 def test_a_run_killed_midway_resumes_with_each_slide_exactly_once(tmp_path, slide_factory):
