@@ -18,6 +18,7 @@ BLANK = 254
 MAX_FIT_PIXELS = 20_000
 # The border is trusted for the glass colour when at least this share of its pixels is near-neutral.
 BORDER_NEUTRAL = 0.2
+_LOG10 = np.log10(np.maximum(np.arange(256, dtype=np.float32), 1))
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,17 @@ def estimate_glass(thumbnail: np.ndarray) -> Glass:
     few bright specks from being taken for the glass.
     """
     pixels = _border(thumbnail)
-    if _neutral(pixels).mean() < BORDER_NEUTRAL:
-        pixels = thumbnail.reshape(-1, 3).astype(np.float32)
-    luminance = pixels.mean(axis=1)
-    scanned = pixels.min(axis=1) < BLANK
+    high, low, total = _extremes(pixels)
+    if _is_neutral(high, low).mean() < BORDER_NEUTRAL:
+        pixels = thumbnail.reshape(-1, 3)
+        high, low, total = _extremes(pixels)
+    luminance = (total + 1) // 3  # the rounded channel mean, in integers
+    scanned = low < BLANK
     pool = scanned if scanned.mean() > 0.01 else np.ones_like(scanned)
-    neutral = pool & _neutral(pixels)
+    neutral = pool & _is_neutral(high, low)
     if neutral.sum() < 0.001 * len(pixels):  # no neutral pixels at all: the slide is tissue to the edges
         neutral = pool
-    counts = np.bincount(np.rint(luminance[neutral]).astype(int), minlength=256).astype(np.float64)
+    counts = np.bincount(luminance[neutral], minlength=256).astype(np.float64)
     histogram = ndimage.gaussian_filter1d(counts, 1.0)
     peaks = (histogram >= np.roll(histogram, 1)) & (histogram >= np.roll(histogram, -1))
     peaks &= histogram >= 0.1 * histogram.max()
@@ -58,17 +61,24 @@ def estimate_glass(thumbnail: np.ndarray) -> Glass:
 
 
 def _border(thumbnail: np.ndarray) -> np.ndarray:
-    """The RGB pixels ``[n, 3]`` (float) of the outer tenth of the thumbnail on each side."""
+    """The RGB pixels ``[n, 3]`` of the outer tenth of the thumbnail on each side."""
     height, width = thumbnail.shape[:2]
     band = np.ones((height, width), bool)
     rows, cols = max(1, height // 10), max(1, width // 10)
     band[rows : height - rows, cols : width - cols] = False
-    return thumbnail[band].astype(np.float32)
+    return thumbnail[band]
 
 
-def _neutral(pixels: np.ndarray) -> np.ndarray:
-    """Pixels (``[n, 3]``) whose colour is nearly grey, as glass is."""
-    return pixels.max(axis=1) - pixels.min(axis=1) < 0.15 * np.maximum(pixels.max(axis=1), 1)
+def _extremes(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel of ``[n, 3]`` uint8: the brightest and darkest channel, and the channels' sum (int16), from the
+    three channel columns (reductions over a length-3 axis are several times slower)."""
+    red, green, blue = (pixels[:, channel].astype(np.int16) for channel in range(3))
+    return np.maximum(np.maximum(red, green), blue), np.minimum(np.minimum(red, green), blue), red + green + blue
+
+
+def _is_neutral(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Pixels whose colour is nearly grey, as glass is: channels within 15 % of the brightest."""
+    return (high - low) * 100 < 15 * np.maximum(high, 1)
 
 
 def _spread(histogram: np.ndarray, mode: int, brightest: float) -> float:
@@ -86,14 +96,23 @@ def _spread(histogram: np.ndarray, mode: int, brightest: float) -> float:
 def glass_distance(thumbnail: np.ndarray, glass: np.ndarray | tuple) -> np.ndarray:
     """Per pixel, how much more than the glass it absorbs: the norm of its positive optical densities (R, G, B)
     relative to ``glass`` (one RGB colour, or one per pixel ``[h, w, 3]``). Pixels brighter than glass score 0."""
-    reference = np.maximum(np.asarray(glass, np.float32), 1)
-    density = np.log10(reference / np.maximum(thumbnail.astype(np.float32), 1))
-    np.maximum(density, 0, out=density)
-    return np.sqrt((density**2).sum(axis=-1))
+    return distance_from_log(thumbnail, np.log10(np.maximum(np.asarray(glass, np.float32), 1)))
+
+
+def distance_from_log(thumbnail: np.ndarray, log_glass: np.ndarray) -> np.ndarray:
+    """`glass_distance` with the glass given as log10 of its RGB (``[3]`` or ``[h, w, 3]``, as `fit_light` gives)."""
+    total = np.zeros(thumbnail.shape[:2], np.float32)
+    for channel in range(3):
+        # log10 of a uint8 by table lookup: a quarter of the time of np.log10 on floats.
+        density = log_glass[..., channel] - _LOG10[thumbnail[..., channel]]
+        np.maximum(density, 0, out=density)
+        total += density * density
+    return np.sqrt(total, out=total)
 
 
 def fit_light(thumbnail: np.ndarray, sample: np.ndarray, glass: Glass) -> tuple[np.ndarray, Glass]:
-    """The glass colour at every pixel ``[h, w, 3]``, and the glass with the noise left once uneven light is out.
+    """log10 of the glass's RGB at every pixel ``[h, w, 3]``, and the glass with the noise left once uneven light is
+    out.
 
     A plane per channel in log intensity (light falling off across the slide) is fitted to the ``sample``
     pixels (glass for sure), once, then again without the pixels that sit far below the first fit (pale tissue
@@ -102,7 +121,8 @@ def fit_light(thumbnail: np.ndarray, sample: np.ndarray, glass: Glass) -> tuple[
     height, width = sample.shape
     rows, cols = np.nonzero(sample & (thumbnail.min(axis=-1) < BLANK))
     if len(rows) < max(500, 0.01 * sample.size):
-        return np.broadcast_to(np.asarray(glass.colour, np.float32), thumbnail.shape), glass
+        log_colour = np.log10(np.maximum(np.asarray(glass.colour, np.float32), 1))
+        return np.broadcast_to(log_colour, thumbnail.shape), glass
     step = max(1, len(rows) // MAX_FIT_PIXELS)  # a regular subsample: deterministic
     rows, cols = rows[::step], cols[::step]
     design = np.stack([np.ones(len(rows)), rows / height, cols / width], axis=1)
@@ -113,12 +133,15 @@ def fit_light(thumbnail: np.ndarray, sample: np.ndarray, glass: Glass) -> tuple[
     inliers = (residual > -3 * np.maximum(spread, 1e-4)).all(axis=1)
     coefficients, *_ = np.linalg.lstsq(design[inliers], values[inliers], rcond=None)
     residual = (values - design @ coefficients)[inliers]
-    a = coefficients.astype(np.float32)
-    surface = a[0] + a[1] * (np.arange(height, dtype=np.float32) / height)[:, None, None]
-    surface = surface + a[2] * (np.arange(width, dtype=np.float32) / width)[None, :, None]
     # Never brighter or darker than glass was seen to be: no extrapolation into corners the sample did not reach.
-    low, high = np.percentile(values[inliers], [0.5, 99.5], axis=0).astype(np.float32)
-    light = np.power(np.float32(10), np.clip(surface, low, high))
+    lowest, highest = np.percentile(values[inliers], [0.5, 99.5], axis=0)
+    log_light = np.empty((height, width, 3), np.float32)
+    row_term = (np.arange(height, dtype=np.float32) / height)[:, None]
+    col_term = (np.arange(width, dtype=np.float32) / width)[None, :]
+    for channel, (a, b, c) in enumerate(coefficients.T.astype(np.float32)):
+        plane = log_light[..., channel]
+        np.add(a + b * row_term, c * col_term, out=plane)
+        np.clip(plane, lowest[channel], highest[channel], out=plane)
     # Glass pixels' distance comes from their darker-than-fit residuals, summed over the channels as in the norm.
     noise = float(np.sqrt((np.minimum(residual, 0) ** 2).mean(axis=0).sum()))
-    return light, Glass(glass.colour, max(noise, 1e-4))
+    return log_light, Glass(glass.colour, max(noise, 1e-4))

@@ -2,9 +2,9 @@
 
 Two methods:
 
-- ``od`` (default): tissue is what differs from the slide's own glass. The glass colour is estimated from the
-  thumbnail (the brightest well-populated mode of near-neutral pixels, ignoring unscanned areas filled with pure
-  white); each pixel's optical density relative to that glass measures how much it absorbs, so pale tissue
+- ``od`` (default): tissue is what differs from the slide's own glass. The glass colour and the light across the
+  slide are estimated from the thumbnail (`pathflip.processing.glass`); each pixel's optical density relative to
+  that glass measures how much it absorbs, so pale tissue
   (mucin, fat, loose stroma, faint staining) stands out from glass however little colour it has. Hysteresis keeps
   faint tissue attached to clearly absorbing tissue. The thresholds come from the glass alone, so no stained
   focus, however strong or large, moves them.
@@ -25,7 +25,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..files import atomic_path
-from .glass import Glass, estimate_glass, fit_light, glass_distance
+from .glass import Glass, distance_from_log, estimate_glass, fit_light, glass_distance
 
 TISSUE_METHODS = ("od", "saturation")
 # Below this saturation nothing is tissue, whatever Otsu says (a blank slide has only noise).
@@ -122,8 +122,8 @@ def _distance_to_glass(thumbnail: np.ndarray) -> tuple[np.ndarray, Glass]:
     cut = max(OD_FLOOR, NOISE_FACTOR * glass.noise)
     tissue = _hysteresis(first > cut, ndimage.uniform_filter(first, size=5) > SEED_FACTOR * cut)
     sample = (first <= cut) & ~ndimage.binary_dilation(tissue, iterations=3)
-    light, glass = fit_light(thumbnail, sample, glass)
-    return glass_distance(thumbnail, light), glass
+    log_light, glass = fit_light(thumbnail, sample, glass)
+    return distance_from_log(thumbnail, log_light), glass
 
 
 def _od_candidates(distance: np.ndarray, cut: float) -> np.ndarray:
@@ -163,8 +163,15 @@ def _clean(mask: np.ndarray, min_pixels: int, *, opening: bool = True) -> np.nda
 
 
 def _fill_small_holes(mask: np.ndarray, min_pixels: int) -> np.ndarray:
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    return mask | (holes & ~_drop_small(holes, min_pixels))
+    """Fill the holes of ``mask`` (pieces of background that do not touch the border) under ``min_pixels``; by
+    labelling the background once, much faster than ``binary_fill_holes`` on a 2048-px thumbnail."""
+    labels, count = ndimage.label(~mask)
+    if count == 0:
+        return mask
+    fill = np.bincount(labels.ravel(), minlength=count + 1) < min_pixels
+    fill[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = False
+    fill[0] = False
+    return mask | fill[labels]
 
 
 def _drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathflip.processing.glass import estimate_glass, fit_light, glass_distance
+from pathflip.processing.glass import distance_from_log, estimate_glass, fit_light, glass_distance
 
 RNG = np.random.default_rng(0)
 
@@ -62,15 +62,16 @@ def test_fitted_light_takes_out_a_gradient():
     glass = estimate_glass(image)
     sample = np.ones(image.shape[:2], bool)
     sample[50:150, 60:180] = False
-    light, fitted = fit_light(image, sample, glass)
+    log_light, fitted = fit_light(image, sample, glass)
     on_glass = sample.copy()
     assert glass_distance(image, glass.colour)[on_glass].max() > 0.02
-    assert np.percentile(glass_distance(image, light)[on_glass], 99) < 0.012
+    assert np.percentile(distance_from_log(image, log_light)[on_glass], 99) < 0.012
+    assert np.allclose(glass_distance(image, 10**log_light), distance_from_log(image, log_light), atol=1e-4)
     assert fitted.noise < glass.noise and fitted.colour == glass.colour
 
 
 def test_too_little_glass_to_fit_keeps_the_slide_wide_colour():
     image = _slide()
     glass = estimate_glass(image)
-    light, same = fit_light(image, np.zeros(image.shape[:2], bool), glass)
-    assert same == glass and np.allclose(light, glass.colour)
+    log_light, same = fit_light(image, np.zeros(image.shape[:2], bool), glass)
+    assert same == glass and np.allclose(10**log_light, glass.colour)
