@@ -17,6 +17,20 @@ def heatmap_raster(
     ``dimensions`` is the slide's level-0 (width, height). Each raster pixel takes the score of the patch
     under its centre; scores are min-max normalised over the patches; pixels over no patch are NaN.
     """
+    grid, origin = patch_grid(scores, coords, patch_size_level0)
+    columns = _cell_index(size[0], dimensions[0], origin[0], patch_size_level0, grid.shape[1])
+    rows = _cell_index(size[1], dimensions[1], origin[1], patch_size_level0, grid.shape[0])
+    raster = grid[rows.clamp(min=0)][:, columns.clamp(min=0)]
+    raster[rows < 0] = float("nan")
+    raster[:, columns < 0] = float("nan")
+    return raster
+
+
+def patch_grid(scores: torch.Tensor, coords: torch.Tensor, patch_size_level0: int) -> tuple[torch.Tensor, tuple]:
+    """Per-patch scores min-max normalised on the patch grid: ``(grid [rows, columns], origin (x, y))``.
+
+    Cell (r, c) covers level-0 pixels ``origin + (c, r) * patch_size_level0`` onwards; cells without a patch are NaN.
+    """
     scores, coords = torch.as_tensor(scores).float().cpu(), torch.as_tensor(coords).long().cpu()
     if scores.numel() == 0:
         raise ValueError("no patch scores to paint: the bag is empty.")
@@ -26,12 +40,7 @@ def heatmap_raster(
     cells = torch.div(coords - origin, patch_size_level0, rounding_mode="floor")
     grid = torch.full((int(cells[:, 1].max()) + 1, int(cells[:, 0].max()) + 1), float("nan"))
     grid[cells[:, 1], cells[:, 0]] = normalised
-    columns = _cell_index(size[0], dimensions[0], int(origin[0]), patch_size_level0, grid.shape[1])
-    rows = _cell_index(size[1], dimensions[1], int(origin[1]), patch_size_level0, grid.shape[0])
-    raster = grid[rows.clamp(min=0)][:, columns.clamp(min=0)]
-    raster[rows < 0] = float("nan")
-    raster[:, columns < 0] = float("nan")
-    return raster
+    return grid, (int(origin[0]), int(origin[1]))
 
 
 def _cell_index(pixels: int, extent: int, origin: int, patch_size: int, cells: int) -> torch.Tensor:

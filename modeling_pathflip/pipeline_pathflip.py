@@ -121,6 +121,13 @@ def prompt_ensemble_embeddings(model, text_inputs: Mapping[str, Any], num_templa
     return torch.nn.functional.normalize(texts.reshape(-1, num_templates, texts.shape[-1]).mean(dim=1), dim=-1)
 
 
+def zero_shot_logits(model, slide_embeds: torch.Tensor, text_inputs: Mapping[str, Any], num_templates: int):
+    """``[B, C]`` zero-shot logits of slides against class prompts (see `prompt_ensemble_embeddings`), at the
+    model's own zero-shot scale."""
+    classes = prompt_ensemble_embeddings(model, text_inputs, num_templates)
+    return model.zero_shot_logit_scale() * torch.nn.functional.normalize(slide_embeds, dim=-1) @ classes.T
+
+
 class _SlidePipeline(Pipeline):
     """Shared parts: processor only, one slide per forward, bags read through the input loader."""
 
@@ -169,7 +176,8 @@ class _SlidePipeline(Pipeline):
             return [super(_SlidePipeline, self).__call__(item, **kwargs) for item in inputs]
         return super().__call__(inputs, **kwargs)
 
-    def _bag_batch(self, inputs, patch_encoder=None, mpp=None) -> dict[str, Any]:
+    def bag_batch(self, inputs, patch_encoder=None, mpp=None) -> dict[str, Any]:
+        """One slide as model inputs: ``{"bag": processor tensors, "coords", "patch_size_level0", "slide_id"}``."""
         bags = self.load_bags(inputs, patch_encoder, mpp)
         if len(bags) != 1:
             raise ValueError(f"{inputs!r} holds {len(bags)} bags; pass them as a list of rows, one per slide.")
@@ -188,7 +196,7 @@ class SlideFeatureExtractionPipeline(_SlidePipeline):
     ``{"slide_embedding": [E], "patch_embeddings": [N, E]}`` (PathFLIP2, whose fine-grained units are patches)."""
 
     def preprocess(self, inputs, patch_encoder=None, mpp=None):
-        return self._bag_batch(inputs, patch_encoder, mpp)
+        return self.bag_batch(inputs, patch_encoder, mpp)
 
     def _forward(self, model_inputs):
         features = self.model.get_slide_features(**model_inputs["bag"])
@@ -215,7 +223,7 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
             raise ValueError("candidate_labels must name at least one class, e.g. ['tumour', 'normal tissue'].")
         templates = _templates("hypothesis_template", hypothesis_template)
         prompts = [template.format(label) for label in candidate_labels for template in templates]
-        batch = self._bag_batch(inputs, patch_encoder, mpp)
+        batch = self.bag_batch(inputs, patch_encoder, mpp)
         batch["text"] = dict(self.processor(text=prompts))
         batch["num_templates"] = len(templates)
         batch["candidate_labels"] = list(candidate_labels)
@@ -223,8 +231,7 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
 
     def _forward(self, model_inputs):
         slide = self.model.get_slide_features(**model_inputs["bag"]).slide_embeds
-        classes = prompt_ensemble_embeddings(self.model, model_inputs["text"], model_inputs["num_templates"])
-        logits = self.model.zero_shot_logit_scale() * torch.nn.functional.normalize(slide, dim=-1) @ classes.T
+        logits = zero_shot_logits(self.model, slide, model_inputs["text"], model_inputs["num_templates"])
         return {"logits": logits[0], "candidate_labels": model_inputs["candidate_labels"]}
 
     def postprocess(self, model_outputs, top_k=None):
@@ -247,7 +254,7 @@ class SlideGroundingPipeline(_SlidePipeline):
     def preprocess(self, inputs, sentences=None, slide=None, heatmap_size=1024, patch_encoder=None, mpp=None):
         if sentences is None:
             raise ValueError("sentences must be one or more texts to ground in the slide, e.g. 'A focus of necrosis.'")
-        batch = self._bag_batch(inputs, patch_encoder, mpp)
+        batch = self.bag_batch(inputs, patch_encoder, mpp)
         if batch["patch_size_level0"] is None:
             raise ValueError(
                 f"slide {batch['slide_id']!r}: a heatmap needs the patch side, patch_size_level0 (level-0 pixels); "
@@ -343,7 +350,7 @@ class SlideTextRetrievalPipeline(_SlidePipeline):
         """
 
         def embed(row):
-            bag = {name: tensor.to(self.device) for name, tensor in self._bag_batch(row)["bag"].items()}
+            bag = {name: tensor.to(self.device) for name, tensor in self.bag_batch(row)["bag"].items()}
             with torch.no_grad():
                 slide = self.model.get_slide_features(**bag).slide_embeds[0].float()
             return {"slide_embedding": torch.nn.functional.normalize(slide, dim=-1).cpu().tolist()}
@@ -361,7 +368,7 @@ class SlideTextRetrievalPipeline(_SlidePipeline):
         if candidate_texts is not None:
             if not candidate_texts:
                 raise ValueError("candidate_texts must hold at least one text.")
-            batch = self._bag_batch(inputs, patch_encoder, mpp)
+            batch = self.bag_batch(inputs, patch_encoder, mpp)
             batch["text"] = dict(self.processor(text=list(candidate_texts)))
             batch["names"] = list(candidate_texts)
             return batch

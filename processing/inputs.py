@@ -75,14 +75,16 @@ def slide_tiling(patch_size_um: float | None, patch_size_px: int | None) -> Tili
 
 def encode_slide_file(path: Path, *, encoder: str | None, mpp: float | None, patch_size_um: float | None,
                       patch_size_px: int | None, device: torch.device | str | None, slide_id: str | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """One slide tiled and encoded into a bag (``progress(done, total)`` after each batch of patches)."""
+                      progress: Callable[[int, int], None] | None = None,
+                      num_workers: int = 2) -> dict[str, Any]:  # fmt: skip
+    """One slide tiled and encoded into a bag (``progress(done, total)`` after each batch of patches; patches read by
+    ``num_workers`` worker processes, 0 reading in the calling thread)."""
     if encoder is None:
         raise ValueError(f"{path} is a slide, and the model records no patch encoder: pass patch_encoder= "
                          "(--patch-encoder), the encoder the model was trained on.")  # fmt: skip
     from .encoders import load_encoder
 
-    options = ExtractionOptions(tiling=slide_tiling(patch_size_um, patch_size_px), mpp=mpp)
+    options = ExtractionOptions(tiling=slide_tiling(patch_size_um, patch_size_px), mpp=mpp, num_workers=num_workers)
     tiling, features = encode_slide(path, load_encoder(encoder).to(device or "cpu"), options,
                                     torch.device(device or "cpu"), slide_id=slide_id, progress=progress)  # fmt: skip
     return {"slide_id": tiling.slide_id, "features": features, "coords": tiling.coords,
