@@ -21,7 +21,8 @@ LOCATIONS = {
     "pathflip": ROOT / "pathflip",
 }
 ROOMS = ["modeling_pathflip", "pathflip.files", "pathflip.processing", "pathflip.eval", "pathflip.model_cards",
-         "pathflip.conversion", "pathflip.training", "pathflip.synthetic", "pathflip.demo", "pathflip.cli"]  # fmt: skip
+         "pathflip.conversion", "pathflip.training", "pathflip.synthetic", "pathflip.demo", "pathflip.viewer",
+         "pathflip.cli"]  # fmt: skip
 # the package root only says its version; train.py only hands over to the training room
 EXTRA_RULES = {"pathflip": set(), "train": {"pathflip.training"}}
 HUB_CODE_MAY_IMPORT = {"torch", "transformers", "faiss"}  # faiss: optional, inside a function, for retrieval

@@ -54,6 +54,13 @@ def test_only_pathflip_and_modeling_pathflip_are_importable(installed):
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(venv) in result.stdout.splitlines()[0], "pathflip comes from the wheel, not the clone"
     assert "grounding" in result.stdout.splitlines()[1], "the evaluate metric scripts are in the wheel"
+    page = ("from importlib import resources; s = resources.files('pathflip.viewer') / 'static'; "
+            "o = s / 'openseadragon'; print(sorted(p.name for p in s.iterdir() if p.is_file()), "
+            "(o / 'openseadragon.min.js').is_file(), (o / 'LICENSE.txt').is_file(), "
+            "(o / 'images' / 'home_rest.png').is_file())")  # fmt: skip
+    result = _run([python, "-c", page], elsewhere, env)
+    assert result.stdout.split() == ["['index.html',", "'viewer.css',", "'viewer.js']", "True", "True", "True"], (
+        "the viewer's page and OpenSeadragon are in the wheel: " + result.stdout + result.stderr[-2000:])
 
 
 @pytest.mark.slow
@@ -69,3 +76,4 @@ def test_the_cli_runs_version_train_help_and_the_demo_outside_the_clone(installe
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
     assert (elsewhere / "demo-out" / "model" / "model.safetensors").exists()
     assert (elsewhere / "demo-out" / "metrics.json").exists() and "Zero-shot balanced accuracy" in demo.stdout
+    assert f"{cli} serve demo-out/model --slides demo-out/cohort/slides --bags demo-out/dataset" in demo.stdout

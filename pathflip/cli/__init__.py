@@ -12,7 +12,7 @@ import errno
 import sys
 
 from .. import __version__
-from . import data, doctor, hub, jobs, models, released
+from . import data, doctor, hub, jobs, models, released, serve
 from .options import OneLineErrorParser
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pathflip {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
-    for group in (data, models, released, jobs, hub, doctor):
+    for group in (data, models, released, jobs, hub, serve, doctor):
         group.add_verbs(commands)
     return parser
 
