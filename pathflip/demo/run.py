@@ -6,6 +6,10 @@ folder reloaded through `pipeline()` -> captioning and VQA with a small LLM. Eve
 
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
+
 from ..eval.runner import write_report
 from .alignment import build_dataset, evaluate, showcase, train, train_options, write_card
 from .llm import run_llm_stage, showcase_generation
@@ -33,4 +37,22 @@ def run_demo(options: DemoOptions) -> dict:
         lines += showcase_generation(generation_dir, dataset)
     print("\n".join(["", *lines, "", f"held-out metrics (seed {options.seed}, {metrics['slides']} slides):"]))
     print((run_dir / "metrics.md").read_text())
+    if options.ablation is None:
+        print(f"Look at the slides and ask where a sentence is:\n  {serve_command(model_dir, options)}\n"
+              "then open http://127.0.0.1:8000/ in a browser.")  # fmt: skip
     return metrics
+
+
+def serve_command(model_dir: Path, options: DemoOptions) -> str:
+    """The `pathflip serve` command for the demo's model, slides and bags (the dataset, with labels and captions)."""
+    installed = Path(sys.executable).parent / "pathflip"
+    program = _relative(installed) if installed.exists() else "pathflip"
+    arguments = [program, "serve", _relative(model_dir), "--slides", _relative(options.output / "cohort" / "slides"),
+                 "--bags", _relative(options.output / "dataset")]  # fmt: skip
+    return shlex.join(arguments)
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working folder when it lies inside it (shorter to copy), else absolute."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)

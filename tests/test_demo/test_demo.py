@@ -61,7 +61,7 @@ def test_demo_trains_and_evaluates_the_llm_stage(demo_run):
     assert isinstance(generate(row, prompt="Describe the slide.", max_new_tokens=5)["generated_text"], str)
 
 
-def test_rerunning_the_demo_resumes_instead_of_redoing(demo_run):
+def test_rerunning_the_demo_resumes_instead_of_redoing(demo_run, capsys):
     weights = demo_run / "model" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     generation_weights = demo_run / "llm-instruct" / "model.safetensors"
@@ -69,3 +69,27 @@ def test_rerunning_the_demo_resumes_instead_of_redoing(demo_run):
     assert main(demo_arguments(demo_run)) == 0
     assert weights.stat().st_mtime_ns == before, "the trained model was kept"
     assert generation_weights.stat().st_mtime_ns == generation_before, "the LLM stage was kept"
+    _the_printed_serve_command_serves_the_demo(capsys.readouterr().out)
+
+
+def _the_printed_serve_command_serves_the_demo(output: str) -> None:
+    """The demo ends with a `pathflip serve` command; its options open the demo's slides with their bags."""
+    import shlex
+
+    from fastapi.testclient import TestClient
+
+    from pathflip.cli import build_parser
+    from pathflip.viewer import build_viewer
+
+    line = next(line for line in output.splitlines() if " serve " in line)
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    app, encodings = build_viewer(args.model, args.slides, bags=args.bags)
+    with TestClient(app) as client:
+        slides = client.get("/api/slides").json()
+        assert len(slides["slides"]) == 9 and all(slide["has_bag"] for slide in slides["slides"])
+        assert "invasive carcinoma" in slides["labels"]
+        key = slides["slides"][0]["key"]
+        encodings.wait(key, timeout=120)
+        answer = client.post(f"/api/slides/{key}/grounding", json={"text": "Sheets of tumour cells."})
+        assert answer.status_code == 200 and len(answer.json()["layers"]) == 1
+    encodings.close()
