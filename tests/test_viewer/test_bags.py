@@ -64,3 +64,30 @@ def test_bag_sources_that_cannot_be_used_say_why(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither a dataset folder"):
         BagSource(tmp_path / "empty")
+
+
+def test_a_pathflip2_model_serves_every_panel(tmp_path, extracted, lesion_slides, tokenizer,
+                                              pathflip2_config_factory):  # fmt: skip
+    """The authors' released architecture grounds through patch features, not regions: the viewer serves it too."""
+    from transformers import pipeline
+
+    from modeling_pathflip import PathFLIP2Model, PathFLIP2Processor
+    from pathflip.processing.encoders import StainTextureEncoder
+
+    torch.manual_seed(0)
+    config = pathflip2_config_factory(patch_dim=StainTextureEncoder.dim)
+    folder = tmp_path / "pathflip2"
+    PathFLIP2Model(config).eval().save_pretrained(folder)
+    PathFLIP2Processor.from_model_config(tokenizer, config).save_pretrained(folder)
+    app, encodings = build_viewer(str(folder), lesion_slides[0], bags=extracted)
+    with TestClient(app) as client:
+        prepared = encodings.wait("tumour-a", timeout=120)
+        layers = client.post("/api/slides/tumour-a/grounding", json={"text": "fat.", "top_k": 3}).json()["layers"]
+        bag = {"features": prepared.inputs["patch_features"][0].numpy(), "coords": prepared.coords.numpy(),
+               "patch_size_level0": prepared.patch_size_level0}  # fmt: skip
+        (reference,) = pipeline("slide-grounding", model=str(folder))(bag, sentences=["fat."], top_k=3)
+        expected = [feature["geometry"]["coordinates"][0][0] for feature in reference["geojson"]["features"]]
+        assert [[patch["x"], patch["y"]] for patch in layers[0]["top_patches"]] == expected
+        assert client.post("/api/slides/tumour-a/zero-shot", json={"labels": ["fat", "tumour"]}).status_code == 200
+        assert client.post("/api/search", json={"text": "fat."}).json()["indexed"] >= 1
+    encodings.close()
