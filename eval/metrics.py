@@ -100,11 +100,26 @@ def pointing_game(scores: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def grounding_metrics(scores: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict:
-    """Grounding AUROC, pointing game and ``grounding_queries``, the number of queries the AUROC averages over."""
+def grounding_metrics(
+    scores: Sequence[np.ndarray], targets: Sequence[np.ndarray], types: Sequence[str] | None = None
+) -> dict:
+    """Grounding AUROC, pointing game and ``grounding_queries``, the number of queries the AUROC averages over.
+
+    With ``types`` (one finding type per query, e.g. ``necrosis``, ``stroma``) the same three figures follow for
+    each type, keyed ``grounding_auroc/<type>``, ``pointing_game/<type>`` and ``grounding_queries/<type>``.
+    """
     used = sum(_mixed(query_targets) for _, query_targets in _grounding_queries(scores, targets))
-    return {
+    metrics = {
         "grounding_auroc": grounding_auroc(scores, targets),
         "pointing_game": pointing_game(scores, targets),
         "grounding_queries": int(used),
     }
+    if types is None:
+        return metrics
+    if len(types) != len(scores):
+        raise ValueError(f"got {len(types)} grounding types for {len(scores)} queries; give one type per sentence")
+    for kind in sorted(set(types)):
+        chosen = [index for index, query_type in enumerate(types) if query_type == kind]
+        for key, value in grounding_metrics([scores[i] for i in chosen], [targets[i] for i in chosen]).items():
+            metrics[f"{key}/{kind}"] = value
+    return metrics

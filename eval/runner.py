@@ -3,7 +3,8 @@
 Zero-shot classification needs a label column (class names from its `ClassLabel`, its text labels, or
 ``class_names``),
 retrieval a ``caption`` column, grounding the columns ``grounding_sentences`` (per slide, the sentences to
-ground) and ``grounding_targets`` (per sentence, one bool per patch: inside the lesion it describes).
+ground) and ``grounding_targets`` (per sentence, one bool per patch: inside the lesion it describes); an optional
+``grounding_types`` column (per sentence, its finding type) adds the grounding figures of each type.
 Every task runs through the same pipelines users call.
 """
 
@@ -50,12 +51,15 @@ def evaluate_model(
     columns = set(dataset.column_names)
     labels = zero_shot_labels(dataset, label_column, class_names)
     slide_embeds, scores, targets = [], [], []
+    types: list[str] | None = [] if "grounding_types" in columns else None
     for row in tqdm(rows, desc="evaluating", unit="slide"):
         slide_embeds.append(extractor(row)["slide_embedding"].numpy())
         if {"grounding_sentences", "grounding_targets"} <= columns and len(row["grounding_sentences"]):
             results = grounder(row, sentences=[str(sentence) for sentence in row["grounding_sentences"]])
             scores += [result["patch_scores"].numpy() for result in results]
             targets += [np.asarray(target, dtype=bool) for target in row["grounding_targets"]]
+            if types is not None:
+                types += _grounding_types(row, len(results))
     slide_embeds = np.stack(slide_embeds)
     metrics: dict[str, float] = {"slides": len(slide_embeds)}
     if "caption" in columns:
@@ -63,8 +67,17 @@ def evaluate_model(
     if labels is not None:
         metrics.update(zero_shot_metrics(model, processor, slide_embeds, labels[0], labels[1], templates))
     if scores:
-        metrics.update(grounding_metrics(scores, targets))
+        metrics.update(grounding_metrics(scores, targets, types))
     return metrics
+
+
+def _grounding_types(row, sentences: int) -> list[str]:
+    """The finding type of each grounding sentence of a row (one per sentence, named in errors otherwise)."""
+    kinds = [str(kind) for kind in row["grounding_types"]]
+    if len(kinds) != sentences:
+        raise ValueError(f"slide {row.get('slide_id')!r} has {sentences} grounding sentences but {len(kinds)} "
+                         "grounding_types; give one type per sentence.")  # fmt: skip
+    return kinds
 
 
 def zero_shot_labels(
@@ -132,9 +145,12 @@ def markdown_table(runs: dict[str, dict[str, float]]) -> str:
     names = list(runs)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, metric in METRICS.items():
-        if any(key in metrics for metrics in runs.values()):
-            values = [f"{runs[name][key]:.3f}" if key in runs[name] else "-" for name in names]
-            lines.append(f"| {metric.label} | " + " | ".join(values) + " |")
+        keys = [key] + sorted({found for metrics in runs.values() for found in metrics if found.startswith(key + "/")})
+        for shown in keys:
+            if any(shown in metrics for metrics in runs.values()):
+                label = metric.label + (f": {shown.split('/', 1)[1]}" if "/" in shown else "")
+                values = [f"{runs[name][shown]:.3f}" if shown in runs[name] else "-" for name in names]
+                lines.append(f"| {label} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,8 @@ def build_dataset(options: DemoOptions):
 
 
 def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path):
-    """Caption, label and, per finding sentence, the patches inside its lesion; split as the cohort says."""
+    """Caption, label and, per finding sentence, the patches inside its lesion and the finding's tissue type; split
+    as the cohort says."""
     import datasets
 
     by_id = {row["slide_id"]: row for row in rows}
@@ -59,11 +60,11 @@ def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path):
         mask, findings = load_mask(cohort_dir, row), [f for f in row["findings"] if f["tissue"] != "stroma"]
         targets = [patch_targets(mask, np.asarray(bag["coords"]), bag["patch_size_level0"], finding["tissue"],
                                  mask_downsample=row["mask_downsample"]) for finding in findings]  # fmt: skip
-        kept = [(finding["sentence"], target.tolist()) for finding, target in zip(findings, targets, strict=True)
-                if target.any()]  # fmt: skip
+        kept = [(finding["sentence"], target.tolist(), finding["tissue"])
+                for finding, target in zip(findings, targets, strict=True) if target.any()]  # fmt: skip
         return {"caption": row["caption"], "label": row["label"], "split": row["split"],
-                "slide_path": str(cohort_dir / row["slide"]), "grounding_sentences": [s for s, _ in kept],
-                "grounding_targets": [t for _, t in kept]}  # fmt: skip
+                "slide_path": str(cohort_dir / row["slide"]), "grounding_sentences": [s for s, _, _ in kept],
+                "grounding_targets": [t for _, t, _ in kept], "grounding_types": [k for _, _, k in kept]}  # fmt: skip
 
     features = bags.features.copy()
     features.update({
@@ -71,6 +72,7 @@ def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path):
         "split": datasets.Value("string"), "slide_path": datasets.Value("string"),
         "grounding_sentences": datasets.Sequence(datasets.Value("string")),
         "grounding_targets": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
+        "grounding_types": datasets.Sequence(datasets.Value("string")),
     })  # fmt: skip
     annotated = bags.map(annotate, features=features, writer_batch_size=16, desc="ground truth")
     splits = {split: annotated.filter(lambda row, name=split: row["split"] == name) for split in ("train", "test")}

@@ -36,6 +36,14 @@ def test_demo_writes_metrics_heatmaps_and_a_folder_that_pipeline_loads(demo_run)
         assert 0.0 <= metrics[key] <= 1.0 or math.isnan(metrics[key]), key
     assert metrics["slides"] == 3, "evaluated on the held-out split only"
     assert "Grounding AUROC" in (demo_run / "metrics.md").read_text()
+    # Per finding type too: the types of the held-out grounding sentences, each with its own figures.
+    import datasets as hf_datasets
+
+    held_out = hf_datasets.load_from_disk(str(demo_run / "dataset"))["test"]
+    types = {kind for kinds in held_out["grounding_types"] for kind in kinds}
+    assert types and {f"grounding_queries/{kind}" for kind in types} <= set(metrics)
+    assert sum(metrics[f"grounding_queries/{kind}"] for kind in types) == metrics["grounding_queries"]
+    assert all(f"Grounding AUROC: {kind}" in (demo_run / "metrics.md").read_text() for kind in types)
     pictures = sorted((demo_run / "heatmaps").glob("*.png"))
     assert len(pictures) >= 1 and all(Image.open(path).size[0] > 50 for path in pictures)
     model = demo_run / "model"

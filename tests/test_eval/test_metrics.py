@@ -86,6 +86,18 @@ def test_grounding_metrics_combines_both_and_counts_auroc_queries():
     }
 
 
+def test_grounding_metrics_by_finding_type_are_the_metrics_of_each_type_alone():
+    metrics = grounding_metrics(*_split(QUERY_A, QUERY_B, QUERY_C, QUERY_D), ["stroma", "necrosis", "stroma",
+                                                                             "necrosis"])  # fmt: skip
+    assert metrics["grounding_auroc"] == pytest.approx((0.75 + 1 / 3) / 2)
+    assert metrics["grounding_auroc/stroma"] == pytest.approx(0.75)  # C has no mixed targets: A alone
+    assert metrics["grounding_auroc/necrosis"] == pytest.approx(1 / 3)  # D neither: B alone
+    assert metrics["pointing_game/stroma"] == 1.0 and metrics["pointing_game/necrosis"] == 0.0
+    assert (metrics["grounding_queries/stroma"], metrics["grounding_queries/necrosis"]) == (1, 1)
+    with pytest.raises(ValueError, match="3 grounding types for 4 queries"):
+        grounding_metrics(*_split(QUERY_A, QUERY_B, QUERY_C, QUERY_D), ["a", "b", "c"])
+
+
 @pytest.mark.parametrize("function", [grounding_auroc, pointing_game, grounding_metrics])
 def test_grounding_rejects_length_mismatch_and_nan_naming_the_query(function):
     scores, targets = _split(QUERY_A, QUERY_B, QUERY_A)

@@ -57,6 +57,23 @@ def test_metrics_match_direct_model_calls(model, processor, labelled_dataset):
     assert metrics["grounding_auroc"] == pytest.approx(float(np.mean(aurocs)), abs=1e-6)
 
 
+def test_grounding_types_give_per_type_figures_that_match_the_pooled_ones(model, processor, labelled_dataset):
+    dataset, _ = labelled_dataset
+    extractor = pipeline("slide-feature-extraction", model=model, processor=processor)
+    pooled = evaluate_model(extractor, dataset)
+    typed = evaluate_model(extractor, dataset.add_column("grounding_types", [["tumour"]] * 2 + [["stroma"]] * 2))
+    aurocs = []
+    for kind, rows in (("tumour", [0, 1]), ("stroma", [2, 3])):
+        alone = evaluate_model(extractor, dataset.select(rows))
+        assert typed[f"grounding_auroc/{kind}"] == pytest.approx(alone["grounding_auroc"])
+        assert typed[f"grounding_queries/{kind}"] == 2
+        aurocs.append(alone["grounding_auroc"])
+    assert typed["grounding_auroc"] == pytest.approx(pooled["grounding_auroc"]) == pytest.approx(np.mean(aurocs))
+    wrong = dataset.add_column("grounding_types", [["tumour", "extra"]] * 4)
+    with pytest.raises(ValueError, match="1 grounding sentences but 2 grounding_types"):
+        evaluate_model(extractor, wrong)
+
+
 def test_missing_bag_columns_are_named(model, processor, labelled_dataset):
     extractor = pipeline("slide-feature-extraction", model=model, processor=processor)
     with pytest.raises(ValueError, match=r"lacks the feature-bag column\(s\) \[.coords.\]"):
@@ -67,6 +84,10 @@ def test_report_and_table(tmp_path):
     runs = {"full": {"grounding_auroc": 0.8312, "pointing_game": 0.5}, "no-region-loss": {"grounding_auroc": 0.5}}
     table = markdown_table(runs)
     assert "| Grounding AUROC | 0.831 | 0.500 |" in table and "| Pointing game | 0.500 | - |" in table
+    typed = markdown_table({"full": {"grounding_auroc": 0.8, "grounding_auroc/stroma": 0.4, "pointing_game": 0.5,
+                                     "grounding_auroc/fat": 0.9}})  # fmt: skip
+    rows = [line.split(" | ")[0] for line in typed.splitlines()[2:]]
+    assert rows == ["| Grounding AUROC", "| Grounding AUROC: fat", "| Grounding AUROC: stroma", "| Pointing game"]
     path = write_report(runs["full"], tmp_path)
     assert json.loads(path.read_text()) == runs["full"] and (tmp_path / "metrics.md").exists()
     assert np.isfinite(json.loads(path.read_text())["grounding_auroc"])
