@@ -61,6 +61,9 @@ def test_only_pathflip_and_modeling_pathflip_are_importable(installed):
     result = _run([python, "-c", page], elsewhere, env)
     assert result.stdout.split() == ["['index.html',", "'viewer.css',", "'viewer.js']", "True", "True", "True"], (
         "the viewer's page and OpenSeadragon are in the wheel: " + result.stdout + result.stderr[-2000:])
+    listing = "from pathflip.training.recipe import shipped_recipes; print(list(shipped_recipes()))"
+    recipes = _run([python, "-c", listing], elsewhere, env)
+    assert recipes.stdout.strip() == "['pathflip-small']", "the recipes are in the wheel: " + recipes.stderr[-2000:]
 
 
 @pytest.mark.slow

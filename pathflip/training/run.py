@@ -26,18 +26,36 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from .arguments import DataArguments, ModelArguments
 from .data import check_batch_size, load_splits
+from .recipe import load_recipe, recipe_arguments
 from .stages import alignment_trainer, generation_trainer
 
 logger = logging.getLogger(__name__)
 
 
+TRAIN_ARGUMENT_TYPES = (ModelArguments, DataArguments, TrainingArguments)
+
+
 def parse_arguments(argv: list[str] | None = None, prog: str | None = None):
-    """``(model_args, data_args, training_args)`` from a command line, or from one JSON file argument."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog=prog)
-    arguments = sys.argv[1:] if argv is None else argv
+    """``(model_args, data_args, training_args)`` from a command line, or from one JSON file argument; a
+    ``--recipe``'s training options come first, so the command line's win."""
+    types = TRAIN_ARGUMENT_TYPES
+    parser = HfArgumentParser(types, prog=prog)
+    arguments = list(sys.argv[1:] if argv is None else argv)
     if len(arguments) == 1 and arguments[0].endswith(".json"):
         return parser.parse_json_file(json_file=arguments[0])
+    recipe = _recipe_option(arguments)
+    if recipe is not None:
+        arguments = recipe_arguments(load_recipe(recipe), types) + arguments
     return parser.parse_args_into_dataclasses(args=arguments)
+
+
+def _recipe_option(arguments: list[str]) -> str | None:
+    for index, argument in enumerate(arguments):
+        if argument.startswith("--recipe="):
+            return argument.split("=", 1)[1]
+        if argument == "--recipe" and index + 1 < len(arguments):
+            return arguments[index + 1]
+    return None
 
 
 def take_over_hub_push(training_args: TrainingArguments) -> dict | None:

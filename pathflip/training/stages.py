@@ -28,6 +28,7 @@ from .arguments import DataArguments, ModelArguments
 from .collator import EpochCallback, PathFLIPCollator
 from .data import check_dataset, first_row, record_input_contract
 from .qformer_init import initialise_qformer_from_bert
+from .recipe import load_recipe, recipe_config
 from .trainer import PathFLIPTrainer
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,18 @@ def build_model(model_args: ModelArguments, dataset: datasets.Dataset):
         model = AutoModel.from_pretrained(model_args.model_name_or_path)
         tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
         return model, AutoTokenizer.from_pretrained(tokenizer_source)
+    if model_args.config_name and model_args.recipe:
+        raise ValueError("give --config_name or --recipe, not both: each sets the model.")
     if model_args.config_name:
         config = _alignment_config(model_args.config_name)
     elif model_args.text_model_name_or_path is None:
-        raise ValueError("Give --config_name, --model_name_or_path or --text_model_name_or_path.")
+        raise ValueError("Give --config_name, --model_name_or_path or --text_model_name_or_path (with or without "
+                         "--recipe).")  # fmt: skip
     else:
         dim = np.asarray(first_row(dataset)["features"]).shape[-1]
         text_config = AutoConfig.from_pretrained(model_args.text_model_name_or_path).to_dict()
-        config = PathFLIPConfig(patch_dim=dim, text_config=text_config)
+        config = (recipe_config(load_recipe(model_args.recipe), patch_dim=dim, text_config=text_config)
+                  if model_args.recipe else PathFLIPConfig(patch_dim=dim, text_config=text_config))  # fmt: skip
     model = ALIGNMENT_MODELS[config.model_type][1](config)
     if model_args.qformer_init_from:
         if config.model_type != "pathflip":

@@ -1,0 +1,1 @@
+"""Training recipes (``pathflip train --recipe pathflip-small``) and launcher configs, shipped as package data."""
