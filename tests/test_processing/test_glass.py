@@ -51,6 +51,7 @@ def test_distance_is_the_norm_of_optical_densities_above_the_glass():
     assert distance[0] == pytest.approx(0, abs=1e-6) and distance[1] == 0, "glass and brighter-than-glass: 0"
     assert distance[2] == pytest.approx(1.0, abs=1e-3), "a tenth of the light in one channel: OD 1"
     assert distance[3] == pytest.approx(np.sqrt(3) * np.log10(2), abs=1e-3)
+    assert np.allclose(glass_distance(pixels.astype(np.float32), glass), glass_distance(pixels, glass), atol=1e-5)
 
 
 def test_fitted_light_takes_out_a_gradient():
