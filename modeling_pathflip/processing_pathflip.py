@@ -46,13 +46,19 @@ def bag_name(bag: Mapping[str, Any], position: int) -> str:
     return f"slide {slide_id!r}" if slide_id not in (None, "") else f"bag #{position}"
 
 
+# No slide is wider than this many level-0 pixels; a larger patch side is a unit mistake, and it would overflow the
+# int64 arithmetic of the region layout.
+MAX_LEVEL0_SIDE = 2**31 - 1
+
+
 def _whole_positive(value: Any) -> bool:
-    """Whether ``value`` is a whole number >= 1 (an int, or a float / numpy scalar without a fraction)."""
+    """Whether ``value`` is a whole number from 1 to `MAX_LEVEL0_SIDE` (an int, or a float / numpy scalar without a
+    fraction)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         return False
-    return number >= 1 and number.is_integer()
+    return 1 <= number <= MAX_LEVEL0_SIDE and number.is_integer()
 
 
 def validate_bag(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -13,7 +14,10 @@ from transformers import pipeline
 
 from modeling_pathflip import PathFLIPModel, PathFLIPProcessor, save_pretrained_with_pipelines
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized: CI sees the same examples every run, so a failure is a change in the code, not a new draw. Set
+# PATHFLIP_FUZZ_EXPLORE=1 to draw new examples (that is how a too-large patch_size_level0 was found).
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+                    derandomize=not os.environ.get("PATHFLIP_FUZZ_EXPLORE"))  # fmt: skip
 texts = st.text(max_size=12)
 anything = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), texts,
                      st.lists(texts, max_size=4), st.lists(st.integers(), max_size=3))  # fmt: skip

@@ -93,6 +93,8 @@ def test_save_and_load_round_trip(tmp_path, tokenizer, config, bag_factory):
     [
         (lambda b: {"features": torch.randn(10, 8)}, r"slide 'slide-0': feature dim 8 != .*patch encoder"),
         (lambda b: {"patch_size_level0": None}, r"slide 'slide-0': missing .*patch_size_level0.*never guessed"),
+        # found by the argument fuzzer: a patch side wider than any slide overflowed the region layout
+        (lambda b: {"patch_size_level0": 4.611686018427388e18}, r"slide 'slide-0': missing or invalid patch_size"),
         (lambda b: {"features": b["features"].index_fill(0, torch.tensor([3]), float("nan"))}, r"NaN or Inf.*row 3"),
         (lambda b: {"features": b["features"].index_fill(0, torch.tensor([4]), float("inf"))}, r"NaN or Inf.*row 4"),
         (lambda b: {"features": torch.zeros(0, 16), "coords": torch.zeros(0, 2)}, r"slide 'slide-0': empty bag"),
