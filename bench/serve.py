@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+LOOPBACK_URL = "http://127.0.0.1:8000"  # the viewer answers only loopback Host names
+
 RESULTS = Path(__file__).parent / "results" / "serve.json"
 SIDE, GRID = 4096, 100  # 100 x 100 patches of 40 level-0 pixels
 SENTENCES = 30
@@ -144,7 +146,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         slides, bags, model_dir = build(Path(temporary))
         app, encodings = build_viewer(str(model_dir), slides, bags=bags)
-        with TestClient(app) as client:
+        with TestClient(app, base_url=LOOPBACK_URL) as client:
             results = {
                 "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "python": platform.python_version(), "torch": torch.__version__},  # fmt: skip

@@ -12,7 +12,7 @@ from .bags import BagSource
 from .encoding import SlideEncodings
 from .library import SlideLibrary
 
-LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "testserver"]
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
 
 
 def is_loopback(host: str) -> bool:

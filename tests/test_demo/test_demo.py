@@ -11,6 +11,8 @@ from transformers import pipeline
 
 from pathflip.cli import main
 
+LOOPBACK_URL = "http://127.0.0.1:8000"  # the viewer answers only loopback Host names
+
 REQUIRED = ("zero_shot_balanced_accuracy", "retrieval_text_to_slide_r1", "retrieval_slide_to_text_r1",
             "grounding_auroc", "pointing_game")  # fmt: skip
 GENERATION = ("caption_bleu_4", "caption_rouge_l", "caption_meteor", "caption_diagnosis_rate", "vqa_accuracy",
@@ -92,7 +94,7 @@ def _the_printed_serve_command_serves_the_demo(output: str) -> None:
     line = next(line for line in output.splitlines() if " serve " in line)
     args = build_parser().parse_args(shlex.split(line)[1:])
     app, encodings = build_viewer(args.model, args.slides, bags=args.bags)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         slides = client.get("/api/slides").json()
         assert len(slides["slides"]) == 9 and all(slide["has_bag"] for slide in slides["slides"])
         assert "invasive carcinoma" in slides["labels"]

@@ -6,6 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from lesion_world import train_lesion_model, write_lesion_slide
 
+LOOPBACK_URL = "http://127.0.0.1:8000"  # the viewer answers only loopback Host names
+
 # (file stem, lesion layout index, render seed): index 0 draws a tumour lesion, 1 necrosis, 2 lymphocytes.
 SLIDES = (("tumour-a", 0, 10), ("necrosis-b", 1, 11), ("lymphocytes-c", 2, 12))
 
@@ -34,6 +36,6 @@ def viewer(lesion_model_dir, lesion_slides):
     from pathflip.viewer import build_viewer
 
     app, encodings = build_viewer(str(lesion_model_dir), lesion_slides[0])
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         yield client, encodings
     encodings.close()

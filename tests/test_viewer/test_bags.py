@@ -12,6 +12,8 @@ from pathflip.processing.inputs import slide_tiling
 from pathflip.viewer import build_viewer
 from pathflip.viewer.bags import BagSource
 
+LOOPBACK_URL = "http://127.0.0.1:8000"  # the viewer answers only loopback Host names
+
 
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory, lesion_slides):
@@ -29,7 +31,7 @@ def test_bags_from_extraction_give_what_encoding_on_first_use_gives(where, extra
     _, encoded = viewer
     source = extracted if where == "folder" else extracted / "dataset"
     app, encodings = build_viewer(str(lesion_model_dir), lesion_slides[0], bags=source)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         slides = client.get("/api/slides").json()["slides"]
         assert all(slide["has_bag"] for slide in slides)
         for key in encodings.library.slides:
@@ -48,7 +50,7 @@ def test_a_cohort_table_names_slides_labels_and_captions(tmp_path, extracted, le
                      f"{folder / 'tumour-a.tiff'},tumour-a,carcinoma,Fibrous stroma. Dense tumour cells.\n"
                      f"{folder / 'necrosis-b.tiff'},necrosis-b,necrosis,Focal necrosis.\n")  # fmt: skip
     app, encodings = build_viewer(str(lesion_model_dir), table, bags=extracted)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         answer = client.get("/api/slides").json()
         assert answer["labels"] == ["carcinoma", "necrosis"]
         assert [(slide["slide_id"], slide["label"], slide["caption"]) for slide in answer["slides"]] == [
@@ -80,7 +82,7 @@ def test_a_pathflip2_model_serves_every_panel(tmp_path, extracted, lesion_slides
     PathFLIP2Model(config).eval().save_pretrained(folder)
     PathFLIP2Processor.from_model_config(tokenizer, config).save_pretrained(folder)
     app, encodings = build_viewer(str(folder), lesion_slides[0], bags=extracted)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         prepared = encodings.wait("tumour-a", timeout=120)
         layers = client.post("/api/slides/tumour-a/grounding", json={"text": "fat.", "top_k": 3}).json()["layers"]
         bag = {"features": prepared.inputs["patch_features"][0].numpy(), "coords": prepared.coords.numpy(),

@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from pathflip.viewer import build_viewer
 from pathflip.viewer.server import check_binding
 
+LOOPBACK_URL = "http://127.0.0.1:8000"  # the viewer answers only loopback Host names
+
 TOKEN = "a-long-enough-secret-token"
 
 
@@ -39,7 +41,7 @@ def test_a_symlink_out_of_the_slide_folder_is_not_served(tmp_path, lesion_model_
     (inside / "linked.tiff").symlink_to(outside / "secret.tiff")
     (inside / "linked-folder").symlink_to(outside, target_is_directory=True)
     app, encodings = build_viewer(str(lesion_model_dir), inside)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         listed = [slide["slide_id"] for slide in client.get("/api/slides").json()["slides"]]
         assert listed == ["tumour-a"]
         assert [path.name for path in encodings.library.skipped] == ["linked.tiff"]
@@ -59,7 +61,7 @@ def test_off_loopback_needs_a_token_and_every_request_carries_it(lesion_model_di
     with pytest.raises(ValueError, match="at least 16"):
         check_binding("0.0.0.0", "short")
     app, encodings = build_viewer(str(lesion_model_dir), lesion_slides[0], host="0.0.0.0", token=TOKEN)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         refused = client.get("/api/slides")
         assert refused.status_code == 401 and "token" in refused.json()["error"]
         assert client.get("/", headers={"Authorization": "Bearer wrong-token-of-enough-length"}).status_code == 401
@@ -74,7 +76,7 @@ def test_off_loopback_needs_a_token_and_every_request_carries_it(lesion_model_di
 
 def test_a_loopback_server_answers_only_loopback_host_names(lesion_model_dir, lesion_slides):
     app, encodings = build_viewer(str(lesion_model_dir), lesion_slides[0])
-    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         assert client.get("/api/slides").status_code == 200
         assert client.get("/api/slides", headers={"host": "localhost:8000"}).status_code == 200
         # A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) sends its own Host.
@@ -85,7 +87,7 @@ def test_a_loopback_server_answers_only_loopback_host_names(lesion_model_dir, le
 def test_asking_before_the_slide_is_prepared_says_so(lesion_model_dir, lesion_slides):
     app, encodings = build_viewer(str(lesion_model_dir), lesion_slides[0])
     encodings._worker.submit(lambda: __import__("time").sleep(2))  # keep the worker busy
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         answer = client.post("/api/slides/necrosis-b/grounding", json={"text": "focal necrosis."})
         assert answer.status_code == 409 and "poll its status" in answer.json()["error"]
         assert client.get("/api/slides/necrosis-b/status").json()["state"] in ("queued", "encoding")
@@ -100,7 +102,7 @@ def test_a_slide_that_cannot_be_encoded_reports_why(tmp_path, lesion_model_dir, 
     (folder / "broken.tiff").write_bytes(b"not a tiff")
     shutil.copy(lesion_slides[0] / "tumour-a.tiff", folder / "tumour-a.tiff")
     app, encodings = build_viewer(str(lesion_model_dir), folder)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         with pytest.raises(ValueError, match="broken"):
             encodings.wait("broken", timeout=60)
         status = client.get("/api/slides/broken/status").json()
@@ -113,7 +115,7 @@ def test_a_slide_that_cannot_be_encoded_reports_why(tmp_path, lesion_model_dir, 
 def test_a_slide_dropped_from_memory_is_prepared_again_when_asked(lesion_model_dir, lesion_slides):
     app, encodings = build_viewer(str(lesion_model_dir), lesion_slides[0])
     encodings.keep = 1
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOOPBACK_URL) as client:
         first = encodings.wait("tumour-a", timeout=120)
         encodings.wait("necrosis-b", timeout=120)  # only one slide is kept: tumour-a is dropped
         answer = client.post("/api/slides/tumour-a/grounding", json={"text": "dense tumour cells."})
