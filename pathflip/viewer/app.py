@@ -50,6 +50,14 @@ def create_app(encodings: SlideEncodings, *, token: str | None = None, allowed_h
     app.mount("/static", StaticFiles(directory=str(STATIC), follow_symlink=False), name="static")
     library = encodings.library
     labels = default_labels or library.class_names or (encodings.bags.class_names if encodings.bags else [])
+    _slide_routes(app, encodings, labels)
+    _answer_routes(app, encodings)
+    return app
+
+
+def _slide_routes(app: FastAPI, encodings: SlideEncodings, labels: list[str]) -> None:
+    """The page, the slide list, thumbnails, Deep Zoom descriptors and tiles, and slide preparation."""
+    library = encodings.library
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -89,6 +97,11 @@ def create_app(encodings: SlideEncodings, *, token: str | None = None, allowed_h
     def status(key: str) -> dict[str, Any]:
         return encodings.status(key).as_json()
 
+
+def _answer_routes(app: FastAPI, encodings: SlideEncodings) -> None:
+    """Grounding layers (and their downloads), zero-shot probabilities and cohort search."""
+    library = encodings.library
+
     @app.post("/api/slides/{key}/grounding")
     def grounding(key: str, body: JsonBody) -> dict[str, Any]:
         _fields(body, {"text", "top_k"})
@@ -120,8 +133,6 @@ def create_app(encodings: SlideEncodings, *, token: str | None = None, allowed_h
     @app.post("/api/index")
     def index() -> dict[str, Any]:
         return {"queued": encodings.index_all(), "total": len(library.slides)}
-
-    return app
 
 
 def _fields(body: Any, allowed: set[str]) -> None:
