@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .textures import _noise, _nuclei, _round_axes, render_texture, stain_rgb
+from .textures import _noise, _nuclei, _round_axes, jittered_grid, render_texture, stain_rgb
 
 PALE_TYPES = ("mucin", "loose stroma", "haemorrhage", "glass")
 
@@ -55,12 +55,7 @@ def _loose_stroma(shape, rng):
 
 def _haemorrhage(shape, rng):
     """Sheets of packed red cells: intensely eosinophilic discs on pink plasma, hardly any haematoxylin."""
-    height, width = shape
-    spacing = 7.5
-    grid_rows, grid_cols = np.mgrid[0 : height + spacing : spacing, 0 : width + spacing : spacing]
-    centres = np.stack([grid_rows.ravel(), grid_cols.ravel()], axis=1)
-    centres = centres[rng.random(len(centres)) > 0.15]
-    centres = np.rint(centres + rng.uniform(-2, 2, centres.shape)).astype(np.int64)
+    centres = jittered_grid(shape, 7.5, 0.15, 2, rng)
     count = len(centres)
     cells = _nuclei(shape, centres, _round_axes(count, 3.2, 4.0, 0.8, rng),
                     rng.uniform(0, np.pi, count).astype(np.float32),

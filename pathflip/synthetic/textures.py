@@ -191,14 +191,19 @@ def _necrosis(shape, rng):
     return haematoxylin, eosin, neutral
 
 
-def _lymphocytes(shape, rng):
+def jittered_grid(shape: tuple[int, int], spacing: float, drop: float, jitter: float,
+                  rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """Integer (row, col) centres on a grid of ``spacing`` px, a ``drop`` fraction left out, each moved by up to
+    ``jitter`` px: packs small round cells densely without piling them on top of each other."""
     height, width = shape
-    spacing = 12.5
-    # A jittered grid packs small round nuclei densely without piling them on top of each other.
     grid_rows, grid_cols = np.mgrid[0 : height + spacing : spacing, 0 : width + spacing : spacing]
     centres = np.stack([grid_rows.ravel(), grid_cols.ravel()], axis=1)
-    centres = centres[rng.random(len(centres)) > 0.1]
-    centres = np.rint(centres + rng.uniform(-3, 3, centres.shape)).astype(np.int64)
+    centres = centres[rng.random(len(centres)) > drop]
+    return np.rint(centres + rng.uniform(-jitter, jitter, centres.shape)).astype(np.int64)
+
+
+def _lymphocytes(shape, rng):
+    centres = jittered_grid(shape, 12.5, 0.1, 3, rng)
     count = len(centres)
     nuclei = _nuclei(
         shape,
