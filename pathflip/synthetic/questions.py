@@ -8,7 +8,7 @@ from typing import Any
 
 from modeling_pathflip.options_pathflip import option_letters
 
-from .cohort import DIAGNOSES
+from .cohort import FAMILIES
 
 
 def yes_no_question(question: str, truth: bool, rng: random.Random) -> dict:
@@ -34,8 +34,9 @@ def cohort_questions(row: Mapping[str, Any], seed: int = 0) -> list[dict]:
     are present; options are shuffled per slide (seeded), so no letter is a safe guess."""
     rng = random.Random(f"{seed}:{row['slide_id']}")
     tissues = {finding["tissue"] for finding in row["findings"]}
+    diagnoses = FAMILIES[row.get("family", "lesions")].diagnoses
     return [
-        choice_question("What is the diagnosis?", DIAGNOSES, row["diagnosis"], rng),
+        choice_question("What is the diagnosis?", diagnoses, row["diagnosis"], rng),
         yes_no_question("Is there necrosis in this slide?", "necrosis" in tissues, rng),
         yes_no_question("Are lymphocytic infiltrates present?", "lymphocytes" in tissues, rng),
         yes_no_question("Is adipose tissue present?", "fat" in tissues, rng),

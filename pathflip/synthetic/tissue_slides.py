@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..files import atomic_path
-from .cohort import _blob
+from .layout import blob as _blob
 from .pale_textures import render_any_texture
 from .textures import write_pyramid
 
