@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .options import nonnegative_int, positive_float, positive_int
 
+COHORT_FAMILIES = ["lesions", "hierarchical"]
 TRAIN_HELP = "pretrain or fine-tune with the HF Trainer (the same as train.py; `pathflip train --help` lists options)"
 
 
@@ -26,7 +27,8 @@ def command_demo(args: argparse.Namespace) -> int:
     options = DemoOptions(output=Path(args.output), seed=args.seed, num_slides=args.num_slides,
                           max_steps=args.max_steps, ablation=args.ablation, text_model=args.text_model,
                           learning_rate=args.learning_rate, llm_steps=args.llm_steps,
-                          real_slides=Path(args.real_slides) if args.real_slides else None)  # fmt: skip
+                          real_slides=Path(args.real_slides) if args.real_slides else None,
+                          family=args.family)  # fmt: skip
     run_demo(options)
     return 0
 
@@ -48,6 +50,13 @@ def add_verbs(commands) -> None:
         choices=["auto", "minilm", "scratch"],
         default="auto",
         help="text tower: all-MiniLM-L6-v2 (frozen), a small BERT from scratch, or minilm when installed",
+    )
+    # The names of pathflip.synthetic.cohort.FAMILIES, spelled out: importing it would slow every command's start.
+    demo.add_argument(
+        "--family",
+        choices=COHORT_FAMILIES,
+        default="lesions",
+        help="cohort family: lesions (3 diagnoses) or hierarchical (4 by hierarchical rules, 7 tissues)",
     )
     demo.add_argument("--real-slides", default="../shared/data",
                       help="folder with cmu-1-small-region.svs, tiled and grounded as a real-slide check (if there)")

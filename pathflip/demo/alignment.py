@@ -19,7 +19,15 @@ from ..model_cards import write_model_card
 from ..processing.bags import save_dataset
 from ..processing.encoders import load_encoder
 from ..processing.extract import ExtractionOptions, encode_slide, run_extraction
-from ..synthetic.cohort import DIAGNOSES, generate_cohort, load_cohort, load_mask, patch_targets
+from ..synthetic.cohort import (
+    check_generator,
+    cohort_family,
+    generate_cohort,
+    load_cohort,
+    load_mask,
+    patch_targets,
+    row_tissue_types,
+)
 from ..training.recipe import load_recipe, recipe_arguments, recipe_config
 from ..training.run import TRAIN_ARGUMENT_TYPES
 from ..training.run import main as train_main
@@ -35,9 +43,11 @@ def build_dataset(options: DemoOptions):
 
     folder = options.output / "dataset"
     if (folder / "dataset_dict.json").exists():
+        check_generator(options.output / "cohort", seed=options.seed, family=options.family)  # not another family's
         return datasets.load_from_disk(str(folder))
-    step("1/5 cohort: generated slides with masks, diagnoses and captions")
-    rows = generate_cohort(options.output / "cohort", num_slides=options.num_slides, seed=options.seed)
+    step(f"1/5 cohort: generated slides with masks, diagnoses and captions ({options.family} family)")
+    rows = generate_cohort(options.output / "cohort", num_slides=options.num_slides, seed=options.seed,
+                           family=options.family)  # fmt: skip
     step("2/5 features: tissue mask, 10x patches, stain-texture encoder")
     slides = [options.output / "cohort" / row["slide"] for row in rows]
     extraction = ExtractionOptions(tiling=DEMO_TILING, num_workers=2)
@@ -45,23 +55,26 @@ def build_dataset(options: DemoOptions):
     if report.failed:
         raise RuntimeError(f"feature extraction failed for {sorted(report.failed)}: {report.summary()}")
     bags = datasets.load_from_disk(str(report.dataset))
-    dataset = _attach_ground_truth(bags, rows, options.output / "cohort")
+    dataset = _attach_ground_truth(bags, rows, options.output / "cohort", cohort_family(options.family).diagnoses)
     save_dataset(dataset, folder)
     return dataset
 
 
-def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path):
-    """Caption, label and, per finding sentence, the patches inside its lesion and the finding's tissue type; split
-    as the cohort says."""
+def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path, diagnoses: tuple[str, ...]):
+    """Caption, label (named ``diagnoses``) and, per graded finding sentence, the patches inside its tissue and the
+    finding's tissue type; split as the cohort says. A finding is graded when its row says so ("graded"); rows
+    without the key (family "lesions") grade every finding but the stroma background."""
     import datasets
 
     by_id = {row["slide_id"]: row for row in rows}
 
     def annotate(bag):
         row = by_id[bag["slide_id"]]
-        mask, findings = load_mask(cohort_dir, row), [f for f in row["findings"] if f["tissue"] != "stroma"]
+        findings = [f for f in row["findings"] if f.get("graded", f["tissue"] != "stroma")]
+        mask, kinds = load_mask(cohort_dir, row), row_tissue_types(row)
         targets = [patch_targets(mask, np.asarray(bag["coords"]), bag["patch_size_level0"], finding["tissue"],
-                                 mask_downsample=row["mask_downsample"]) for finding in findings]  # fmt: skip
+                                 mask_downsample=row["mask_downsample"], tissue_types=kinds)
+                   for finding in findings]  # fmt: skip
         kept = [(finding["sentence"], target.tolist(), finding["tissue"])
                 for finding, target in zip(findings, targets, strict=True) if target.any()]  # fmt: skip
         return {"caption": row["caption"], "label": row["label"], "split": row["split"],
@@ -70,7 +83,7 @@ def _attach_ground_truth(bags, rows: list[dict], cohort_dir: Path):
 
     features = bags.features.copy()
     features.update({
-        "caption": datasets.Value("string"), "label": datasets.ClassLabel(names=list(DIAGNOSES)),
+        "caption": datasets.Value("string"), "label": datasets.ClassLabel(names=list(diagnoses)),
         "split": datasets.Value("string"), "slide_path": datasets.Value("string"),
         "grounding_sentences": datasets.Sequence(datasets.Value("string")),
         "grounding_targets": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
@@ -209,14 +222,19 @@ def showcase(model_dir: Path, dataset, options: DemoOptions) -> list[str]:
     return lines
 
 
+# Ground-truth map colours by tissue (either family's).
+TRUTH_COLOURS = {"tumour": (150, 40, 120), "stroma": (240, 170, 200), "necrosis": (250, 190, 230),
+                 "lymphocytes": (40, 40, 160), "fat": (250, 220, 120), "mucin": (150, 200, 230),
+                 "haemorrhage": (200, 30, 30), "background": (255, 255, 255)}  # fmt: skip
+
+
 def _with_ground_truth(heatmap_png: Path, cohort_dir: Path, slide_id: str) -> Path:
     """The heatmap beside the slide's ground-truth tissue map (tumour purple, necrosis pink, lymphocytes blue,
-    fat yellow, stroma light pink), as ``*_with_truth.png``."""
+    fat yellow, stroma light pink, mucin light blue, haemorrhage red), as ``*_with_truth.png``."""
     from PIL import Image
 
     row = next(row for row in load_cohort(cohort_dir) if row["slide_id"] == slide_id)
-    colours = np.array([[150, 40, 120], [240, 170, 200], [250, 190, 230], [40, 40, 160], [250, 220, 120],
-                        [255, 255, 255]], np.uint8)  # index = TISSUE_TYPES  # fmt: skip
+    colours = np.array([TRUTH_COLOURS[kind] for kind in row_tissue_types(row)], np.uint8)
     heatmap = Image.open(heatmap_png).convert("RGB")
     truth = Image.fromarray(colours[load_mask(cohort_dir, row)]).resize(heatmap.size, Image.NEAREST)
     panel = Image.new("RGB", (2 * heatmap.width + 16, heatmap.height), "white")
@@ -244,7 +262,9 @@ def real_slides(grounder, options: DemoOptions) -> list[str]:
 
 
 def write_card(model_dir: Path, metrics: dict, options: DemoOptions, minilm: bool) -> None:
-    write_model_card(model_dir, metrics=metrics, dataset_name=f"PathFLIP synthetic cohort (seed {options.seed})",
+    family = "" if options.family == "lesions" else f", {options.family} family"  # lesions: the cards as before
+    name = f"PathFLIP synthetic cohort{family} (seed {options.seed})"
+    write_model_card(model_dir, metrics=metrics, dataset_name=name,
                      base_models=[MINILM] if minilm else None, target_mpp=DEMO_TILING.target_mpp,
                      patch_size=DEMO_TILING.patch_size,
                      intended_use="A demonstration on generated slides: not a pathology model.")  # fmt: skip

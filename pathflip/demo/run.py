@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..eval.runner import write_report
+from ..synthetic.cohort import cohort_family
 from .alignment import build_dataset, evaluate, showcase, train, train_options, write_card
 from .llm import run_llm_stage, showcase_generation
 from .options import ABLATIONS, DemoOptions
@@ -20,6 +21,7 @@ def run_demo(options: DemoOptions) -> dict:
     """Every step; returns the held-out metrics (also in ``metrics.json``)."""
     if options.ablation not in (None, *ABLATIONS):
         raise ValueError(f"unknown ablation {options.ablation!r}; choose one of {sorted(ABLATIONS)}.")
+    cohort_family(options.family)  # an unknown family: a one-line error naming the choices, before any work
     options.output.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(options)
     run_dir = options.output if options.ablation is None else options.output / f"ablation-{options.ablation}"
