@@ -10,6 +10,8 @@ from transformers import AutoConfig, Blip2QFormerConfig, PretrainedConfig
 TEXT_POOLING_MODES = ("cls", "mean")
 REGION_NEGATIVE_MODES = ("all", "one_per_slide")
 REGION_LOSS_REDUCTIONS = ("mean", "authors")
+REGION_DUPLICATE_MODES = ("ignore", "positive")
+TRA_GATES = ("softmax", "sigmoid")
 
 PAPER_QFORMER_CONFIG = {
     "hidden_size": 768,
@@ -77,6 +79,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         text_pooling (`str`): "cls" or "mean" pooling of the text tower.
         num_subcaptions (`int`): K, subcaptions per slide in the region loss.
         tra_heads (`int`): heads of the Text-Region Attention.
+        tra_gate (`str`): how the Text-Region Attention weighs regions. "softmax" (the paper): weights over a
+            slide's regions sum to 1. "sigmoid": each region gets its own weight sigmoid(logit - log L) (L real
+            regions), so a sentence about tissue that fills the slide can weigh every region that shows it fully.
         use_text_region_attention (`bool`): ablation; `False` replaces TRA by mean pooling of regions.
         use_region_positions (`bool`): add an embedding of each region's place in the slide (Fourier features of
             its row and column scaled to [0, 1]) to the region tokens, so that place words ("upper left") can be
@@ -89,6 +94,15 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         region_logit_scale_init_value (`float`): initial log scale s of the region sigmoid loss (ln 10).
         region_logit_bias_init_value (`float`): initial bias b of the region sigmoid loss.
         region_negatives (`str`): "all" subcaptions of other slides, or "one_per_slide" (v1).
+        region_duplicate_threshold (`float`, *optional*): a subcaption of another slide whose text-tower similarity
+            (cosine of the pooled text embeddings before projection, computed without gradient) to one of slide i's
+            own subcaptions reaches this value is a paraphrase of a finding slide i also has: it is treated as
+            ``region_duplicates`` says instead of as a negative. None: only identical texts are shared.
+        region_duplicates (`str`): "ignore" (left out of slide i's region loss) or "positive".
+        subcaption_contrast_weight (`float`): weight of a within-slide contrast added to the region loss: each
+            subcaption's text-conditioned region embedding must match it better than the slide's other subcaptions
+            (inverse temperature: the region loss's scale). 0 (the paper): off. It gives sentences about tissue
+            every slide has (background stroma) a signal about where they are.
         region_loss_reduction (`str`): how the region loss averages its per-(slide, candidate) losses. "mean": over
             all pairs. "authors" (the authors' v1): per slide, the sum over its candidates divided by K + B - 1 (their
             candidate set: the slide's K subcaptions plus one per other slide of the global batch of B slides), then
@@ -129,6 +143,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         text_pooling: str = "cls",
         num_subcaptions: int = 8,
         tra_heads: int = 8,
+        tra_gate: str = "softmax",
         use_text_region_attention: bool = True,
         use_region_positions: bool = False,
         use_slide_loss: bool = True,
@@ -142,6 +157,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         region_logit_bias_init_value: float = -10.0,
         region_negatives: str = "all",
         region_loss_reduction: str = "mean",
+        region_duplicate_threshold: float | None = None,
+        region_duplicates: str = "ignore",
+        subcaption_contrast_weight: float = 0.0,
         initializer_range: float = 0.02,
         patch_encoder: str | None = None,
         patch_size_um: float | None = None,
@@ -167,6 +185,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         self.text_pooling = text_pooling
         self.num_subcaptions = num_subcaptions
         self.tra_heads = tra_heads
+        self.tra_gate = tra_gate
         self.use_text_region_attention = use_text_region_attention
         self.use_region_positions = use_region_positions
         self.use_slide_loss = use_slide_loss
@@ -180,6 +199,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         self.region_logit_bias_init_value = region_logit_bias_init_value
         self.region_negatives = region_negatives
         self.region_loss_reduction = region_loss_reduction
+        self.region_duplicate_threshold = region_duplicate_threshold
+        self.region_duplicates = region_duplicates
+        self.subcaption_contrast_weight = subcaption_contrast_weight
         self.initializer_range = initializer_range
         self.patch_encoder = patch_encoder
         self.patch_size_um = patch_size_um
@@ -215,6 +237,17 @@ class PathFLIPConfig(_ServedPipelinesConfig):
             raise ValueError(
                 f"region_loss_reduction must be one of {REGION_LOSS_REDUCTIONS}, got {self.region_loss_reduction!r}."
             )
+        if self.tra_gate not in TRA_GATES:
+            raise ValueError(f"tra_gate must be one of {TRA_GATES}, got {self.tra_gate!r}.")
+        if self.region_duplicates not in REGION_DUPLICATE_MODES:
+            raise ValueError(f"region_duplicates must be one of {REGION_DUPLICATE_MODES}, got {self.region_duplicates!r}.")
+        threshold = self.region_duplicate_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+                                      or not -1.0 < threshold <= 1.0):  # fmt: skip
+            raise ValueError(f"region_duplicate_threshold must be None or a cosine in (-1, 1], got {threshold!r}.")
+        weight = self.subcaption_contrast_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+            raise ValueError(f"subcaption_contrast_weight must be a finite number >= 0, got {weight!r}.")
         if not (self.use_slide_loss or self.use_region_loss):
             raise ValueError("At least one of use_slide_loss and use_region_loss must be True.")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -89,6 +89,9 @@ def region_subcaption_sigmoid_loss(
     negatives: str = "all",
     subcaption_keys: torch.Tensor | None = None,
     reduction: str = "mean",
+    subcaption_similarity: torch.Tensor | None = None,
+    duplicate_threshold: float | None = None,
+    duplicates: str = "ignore",
 ) -> torch.Tensor:
     """FLAIR-style sigmoid loss between text-conditioned region embeddings and subcaptions.
 
@@ -113,7 +116,15 @@ def region_subcaption_sigmoid_loss(
             over its candidates divided by ``K + G - 1`` (G: global batch size; the v1 candidate set, K own
             subcaptions plus one per other slide), then the mean over local slides. Equal for ``"one_per_slide"``;
             with ``"all"`` (``G x K`` candidates per slide) ``"authors"`` is ``G K / (K + G - 1)`` times ``"mean"``.
+        subcaption_similarity: ``[B, K, H]`` unit-norm text vectors, without gradient, that say which texts are
+            paraphrases: another slide's subcaption within ``duplicate_threshold`` cosine of one of slide i's own
+            is not a negative for slide i but is left out (``duplicates="ignore"``) or a positive (``"positive"``).
+            "The background is dense collagenous stroma." describes most slides of a cohort in other words too.
     """
+    if duplicate_threshold is not None and subcaption_similarity is None:
+        raise ValueError("duplicate_threshold needs subcaption_similarity (the unit-norm text vectors).")
+    if duplicates not in ("ignore", "positive"):
+        raise ValueError(f"Unknown duplicates mode {duplicates!r}; use 'ignore' or 'positive'.")
     if reduction not in ("mean", "authors"):
         raise ValueError(f"Unknown region loss reduction {reduction!r}; use 'mean' or 'authors'.")
     rank, _ = distributed_world()
@@ -130,10 +141,19 @@ def region_subcaption_sigmoid_loss(
         same = (candidate_keys[..., None] == subcaption_keys[:, None, :]).any(dim=-1)
         return torch.where(same, 1.0, -1.0)
 
+    all_similarity = None if duplicate_threshold is None else gather_no_grad(subcaption_similarity)  # [G, K, H]
+
+    def paraphrase(candidate_vectors: torch.Tensor) -> torch.Tensor:  # [B, C, H] -> True where slide i has one
+        nearest = (candidate_vectors @ subcaption_similarity.transpose(1, 2)).amax(dim=-1)
+        return nearest >= duplicate_threshold
+
     if negatives == "all":
         candidates = all_subcaptions.reshape(1, global_batch * num_sub, dim).expand(batch, -1, -1)
         labels = label(all_keys.reshape(1, -1).expand(batch, -1))
         weights = torch.ones_like(labels)
+        if all_similarity is not None:
+            vectors = all_similarity.reshape(1, global_batch * num_sub, -1).expand(batch, -1, -1)
+            labels, weights = _paraphrases(labels, weights, paraphrase(vectors), duplicates)
     elif negatives == "one_per_slide":
         pick = torch.randint(num_sub, (global_batch,), device=region_embeds.device)
         one_each = all_subcaptions[torch.arange(global_batch, device=pick.device), pick]  # [G, E]
@@ -143,6 +163,10 @@ def region_subcaption_sigmoid_loss(
         # A slide's own pick is neither a positive nor a negative: leave it out of the mean.
         not_self = torch.arange(global_batch, device=pick.device)[None, :] != own_slide[:, None]
         weights = torch.cat([torch.ones(batch, num_sub, device=pick.device), not_self.float()], dim=1)
+        if all_similarity is not None:
+            picked = all_similarity[torch.arange(global_batch, device=pick.device), pick][None].expand(batch, -1, -1)
+            vectors = torch.cat([subcaption_similarity, picked], dim=1)
+            labels, weights = _paraphrases(labels, weights, paraphrase(vectors), duplicates)
     else:
         raise ValueError(f"Unknown region_negatives {negatives!r}; use 'all' or 'one_per_slide'.")
 
@@ -153,3 +177,42 @@ def region_subcaption_sigmoid_loss(
     if reduction == "authors":
         return ((losses * weights).sum(dim=1) / (num_sub + global_batch - 1)).mean()
     return (losses * weights).sum() / weights.sum()
+
+
+def _paraphrases(
+    labels: torch.Tensor, weights: torch.Tensor, paraphrase: torch.Tensor, duplicates: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negatives that paraphrase one of the slide's own subcaptions: left out (weight 0) or made positive."""
+    false_negative = paraphrase & (labels < 0)
+    if duplicates == "positive":
+        return torch.where(false_negative, 1.0, labels), weights
+    return labels, weights.masked_fill(false_negative, 0.0)
+
+
+def subcaption_contrast_loss(
+    conditioned: torch.Tensor,
+    subcaption_embeds: torch.Tensor,
+    subcaption_keys: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """Within-slide contrast: each subcaption's text-conditioned region embedding must match that subcaption
+    better than the slide's other subcaptions (cross-entropy over the slide's K texts).
+
+    The sigmoid region loss contrasts a subcaption only with other slides, so a finding every slide has
+    ("dense collagenous stroma") gets no signal about where it is and attends wherever the salient lesions
+    are. Here it must differ from the slide's lesion sentences, so it has to attend elsewhere. Another of
+    the slide's subcaptions with the same text (same key) is left out rather than made a negative.
+
+    Args:
+        conditioned: ``[B, K, E]`` u_k = TRA(t_k, regions of the same slide).
+        subcaption_embeds: ``[B, K, E]`` t_k.
+        subcaption_keys: ``[B, K]`` text identities (`text_keys`).
+        scale: the inverse temperature (a scalar tensor).
+    """
+    num_sub = subcaption_embeds.shape[1]
+    logits = scale * F.normalize(conditioned, dim=-1) @ F.normalize(subcaption_embeds, dim=-1).transpose(1, 2)
+    same_text = subcaption_keys[:, :, None] == subcaption_keys[:, None, :]
+    self_pair = torch.eye(num_sub, dtype=torch.bool, device=logits.device)[None]
+    logits = logits.masked_fill(same_text & ~self_pair, float("-inf"))
+    targets = torch.arange(num_sub, device=logits.device).expand(logits.shape[0], -1)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -11,6 +11,7 @@ region->patch attention, ground any sentence in the slide.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,12 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_pathflip import PathFLIPConfig
-from .loss_pathflip import region_subcaption_sigmoid_loss, slide_caption_contrastive_loss, text_keys
+from .loss_pathflip import (
+    region_subcaption_sigmoid_loss,
+    slide_caption_contrastive_loss,
+    subcaption_contrast_loss,
+    text_keys,
+)
 
 
 @dataclass
@@ -84,28 +90,50 @@ class PathFLIPOutput(ModelOutput):
 
 
 class PathFLIPTextRegionAttention(nn.Module):
-    """Text-Region Attention: texts (queries) attend over a slide's regions (keys and values)."""
+    """Text-Region Attention: texts (queries) attend over a slide's regions (keys and values).
 
-    def __init__(self, embed_dim: int, num_heads: int):
+    ``gate="softmax"`` is multi-head attention as in the paper. ``gate="sigmoid"`` uses the same parameters but
+    weighs each region by ``sigmoid(logit - log L)`` (L: the slide's real regions) without normalising over
+    regions, so a sentence about tissue that fills much of the slide is not forced onto a few regions.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, gate: str = "softmax"):
         super().__init__()
         self.query = nn.Linear(embed_dim, embed_dim)
         self.key = nn.Linear(embed_dim, embed_dim)
         self.value = nn.Linear(embed_dim, embed_dim)
         self.attention = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.gate = gate
 
     def forward(
         self, text_embeds: torch.Tensor, region_embeds: torch.Tensor, region_attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return text-conditioned region embeddings ``[B, C, E]`` and head-averaged weights ``[B, C, L]``."""
+        queries, keys, values = self.query(text_embeds), self.key(region_embeds), self.value(region_embeds)
+        if self.gate == "sigmoid":
+            return self._sigmoid_attention(queries, keys, values, region_attention_mask.bool())
         conditioned, weights = self.attention(
-            self.query(text_embeds),
-            self.key(region_embeds),
-            self.value(region_embeds),
-            key_padding_mask=~region_attention_mask.bool(),
-            need_weights=True,
+            queries, keys, values, key_padding_mask=~region_attention_mask.bool(), need_weights=True,
             average_attn_weights=True,
-        )
+        )  # fmt: skip
         return conditioned, weights
+
+    def _sigmoid_attention(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, real: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sigmoid-gated attention with the `nn.MultiheadAttention` projections (so weights load either way)."""
+        attention, heads = self.attention, self.attention.num_heads
+        q, k, v = (
+            nn.functional.linear(x, w, b).unflatten(-1, (heads, -1)).transpose(1, 2)
+            for x, w, b in zip(
+                (queries, keys, values), attention.in_proj_weight.chunk(3), attention.in_proj_bias.chunk(3), strict=True
+            )
+        )  # [B, H, C or L, d]
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, C, L]
+        count = real.sum(-1).clamp(min=1).to(logits.dtype)
+        gates = torch.sigmoid(logits - count.log()[:, None, None, None]) * real[:, None, None, :]
+        conditioned = (gates @ v).transpose(1, 2).flatten(-2)
+        return attention.out_proj(conditioned), gates.mean(dim=1)
 
 
 def mean_region_pooling(
@@ -174,7 +202,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         self.context_encoder = nn.TransformerEncoder(context_layer, config.context_layers, enable_nested_tensor=False)
         self.text_model = text_model_without_pooler(config.text_config)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim, bias=False)
-        self.text_region_attention = PathFLIPTextRegionAttention(config.embed_dim, config.tra_heads)
+        self.text_region_attention = PathFLIPTextRegionAttention(config.embed_dim, config.tra_heads, config.tra_gate)
         self.region_position_embedding = None
         if config.use_region_positions:
             self.region_position_embedding = nn.Linear(4 * POSITION_FREQUENCIES, config.embed_dim)
@@ -287,6 +315,10 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Embed texts: ``input_ids`` ``[..., S]`` -> ``[..., E]`` (e.g. ``[B, K, S]`` subcaptions -> ``[B, K, E]``)."""
+        return self.text_projection(self._pooled_text(input_ids, attention_mask))
+
+    def _pooled_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The text tower's pooled output before projection, ``[..., S]`` -> ``[..., H]``."""
         leading = input_ids.shape[:-1]
         input_ids = input_ids.reshape(-1, input_ids.shape[-1])
         if attention_mask is None:
@@ -298,7 +330,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         else:
             mask = attention_mask[..., None].to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.text_projection(pooled).reshape(*leading, -1)
+        return pooled.reshape(*leading, -1)
 
     def zero_shot_logit_scale(self) -> torch.Tensor:
         """The scale of a zero-shot softmax over classes: the slide loss's learned inverse temperature."""
@@ -384,9 +416,12 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             patch_features, patch_attention_mask, region_patch_index, region_attention_mask, region_positions
         )
         text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
-        subcaption_embeds = None
+        subcaption_embeds = subcaption_similarity = None
         if subcaption_input_ids is not None:
-            subcaption_embeds = self.get_text_features(subcaption_input_ids, subcaption_attention_mask)
+            pooled = self._pooled_text(subcaption_input_ids, subcaption_attention_mask)
+            subcaption_embeds = self.text_projection(pooled)
+            if self.config.region_duplicate_threshold is not None:
+                subcaption_similarity = nn.functional.normalize(pooled.detach(), dim=-1)
 
         logits_per_slide = logits_per_text = None
         logit_scale = self.zero_shot_logit_scale()
@@ -402,7 +437,9 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             if subcaption_input_ids is not None:
                 mask = subcaption_attention_mask
                 keys = text_keys(subcaption_input_ids, torch.ones_like(subcaption_input_ids) if mask is None else mask)
-            loss, loss_slide, loss_region = self._losses(slide, text_embeds, subcaption_embeds, logit_scale, keys)
+            loss, loss_slide, loss_region = self._losses(
+                slide, text_embeds, subcaption_embeds, logit_scale, keys, subcaption_similarity
+            )
         return PathFLIPOutput(
             loss=loss,
             loss_slide=loss_slide,
@@ -423,6 +460,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         subcaption_embeds: torch.Tensor | None,
         logit_scale: torch.Tensor,
         subcaption_keys: torch.Tensor | None,
+        subcaption_similarity: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Weighted total, slide and region losses (each None when switched off)."""
         config = self.config
@@ -453,7 +491,18 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
                 config.region_negatives,
                 subcaption_keys,
                 reduction=config.region_loss_reduction,
+                subcaption_similarity=subcaption_similarity,
+                duplicate_threshold=config.region_duplicate_threshold,
+                duplicates=config.region_duplicates,
             )
+            if config.subcaption_contrast_weight > 0:
+                conditioned, _ = self.get_text_conditioned_region_features(
+                    subcaption_embeds, slide.region_embeds, slide.region_attention_mask
+                )
+                contrast = subcaption_contrast_loss(
+                    conditioned, subcaption_embeds, subcaption_keys, self.region_logit_scale.exp()
+                )
+                loss_region = loss_region + config.subcaption_contrast_weight * contrast
             loss = loss + config.region_loss_weight * loss_region
         return loss, loss_slide, loss_region
 

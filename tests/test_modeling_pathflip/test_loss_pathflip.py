@@ -7,7 +7,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from modeling_pathflip.loss_pathflip import region_subcaption_sigmoid_loss, slide_caption_contrastive_loss, text_keys
+from modeling_pathflip import BAG_INPUT_NAMES
+from modeling_pathflip.loss_pathflip import (
+    region_subcaption_sigmoid_loss,
+    slide_caption_contrastive_loss,
+    subcaption_contrast_loss,
+    text_keys,
+)
 from modeling_pathflip.modeling_pathflip import PathFLIPTextRegionAttention
 
 BATCH, REGIONS, SUBCAPTIONS, DIM = 6, 5, 3, 8
@@ -158,3 +164,108 @@ def test_region_loss_reduction_is_validated_and_reaches_the_model(config_factory
     with torch.no_grad():
         mean, authors = mean_model(**batch).loss_region, authors_model(**batch).loss_region
     torch.testing.assert_close(authors, mean * 2)  # B = 4, K = 3: B K / (K + B - 1) = 2
+
+
+def test_paraphrases_of_own_subcaptions_are_left_out_or_made_positive():
+    torch.manual_seed(0)
+    attention = PathFLIPTextRegionAttention(DIM, 2)
+    regions, mask = torch.randn(2, REGIONS, DIM), torch.ones(2, REGIONS, dtype=torch.long)
+    subcaptions = torch.randn(2, 2, DIM)  # candidates 0, 1 are slide 0's; 2, 3 slide 1's
+    scale, bias = torch.tensor(2.3), torch.tensor(-1.0)
+    # Text vectors: slide 0's first subcaption and slide 1's second say the same thing in other words.
+    basis = torch.eye(4)
+    vectors = torch.stack([basis[0], basis[1], basis[2], torch.nn.functional.normalize(basis[0] + 0.1 * basis[3], dim=0)])
+    vectors = vectors.reshape(2, 2, 4)  # cosine 0.995 between those two, 0 between any others
+    pairs = _per_pair_losses(regions, mask, subcaptions, attention, scale, bias)
+    paraphrase = torch.zeros(2, 4, dtype=torch.bool)
+    paraphrase[0, 3] = paraphrase[1, 0] = True  # each slide's negative that paraphrases one of its own
+    arguments = (regions, mask, subcaptions, attention, scale, bias)
+    options = {"subcaption_similarity": vectors, "duplicate_threshold": 0.9}
+    ignored = region_subcaption_sigmoid_loss(*arguments, **options)
+    torch.testing.assert_close(ignored, pairs[~paraphrase].mean())
+    positive = region_subcaption_sigmoid_loss(*arguments, **options, duplicates="positive")
+    candidates = subcaptions.reshape(1, 4, DIM).expand(2, -1, -1)
+    conditioned, _ = attention(candidates, regions, mask)
+    logits = scale.exp() * torch.nn.functional.cosine_similarity(conditioned, candidates, dim=-1) + bias
+    own = torch.arange(4)[None, :] // 2 == torch.arange(2)[:, None]
+    expected = -torch.nn.functional.logsigmoid(torch.where(own | paraphrase, 1.0, -1.0) * logits).mean()
+    torch.testing.assert_close(positive, expected)
+    loose = region_subcaption_sigmoid_loss(*arguments, subcaption_similarity=vectors, duplicate_threshold=1.0)
+    torch.testing.assert_close(loose, pairs.mean())  # nothing reaches cosine 1 but the slide's own texts
+    with pytest.raises(ValueError, match="needs subcaption_similarity"):
+        region_subcaption_sigmoid_loss(*arguments, duplicate_threshold=0.9)
+    with pytest.raises(ValueError, match="Unknown duplicates mode 'drop'"):
+        region_subcaption_sigmoid_loss(*arguments, **options, duplicates="drop")
+
+
+def test_paraphrase_threshold_reaches_the_models_region_loss(config_factory, tokenizer, bag_factory):
+    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
+
+    for bad in (1.5, -1.0, "0.8", True):
+        with pytest.raises(ValueError, match="region_duplicate_threshold must be None or a cosine in"):
+            config_factory(region_duplicate_threshold=bad)
+    with pytest.raises(ValueError, match="region_duplicates must be one of .*'drop'"):
+        config_factory(region_duplicates="drop")
+    torch.manual_seed(0)
+    plain = PathFLIPModel(config_factory()).eval()
+    lenient = PathFLIPModel(config_factory(region_duplicate_threshold=-0.999)).eval()
+    lenient.load_state_dict(plain.state_dict())
+    processor = PathFLIPProcessor.from_model_config(tokenizer, plain.config)
+    batch = processor([bag_factory(i, 20 + i) for i in range(4)])
+    with torch.no_grad():
+        every_pair, positives_only = plain(**batch).loss_region, lenient(**batch).loss_region
+    assert not torch.isclose(every_pair, positives_only)
+    # With every other slide's text a "paraphrase", only each slide's own subcaptions remain: their mean loss.
+    with torch.no_grad():
+        slide = plain.get_slide_features(
+            batch["patch_features"], batch["patch_attention_mask"], batch["region_patch_index"],
+            batch["region_attention_mask"],
+        )  # fmt: skip
+        texts = plain.get_text_features(batch["subcaption_input_ids"], batch["subcaption_attention_mask"])
+        conditioned, _ = plain.get_text_conditioned_region_features(texts, slide.region_embeds,
+                                                                    slide.region_attention_mask)  # fmt: skip
+        cosine = torch.nn.functional.cosine_similarity(conditioned, texts, dim=-1)
+        logits = plain.region_logit_scale.exp() * cosine + plain.region_logit_bias
+    torch.testing.assert_close(positives_only, -torch.nn.functional.logsigmoid(logits).mean())
+
+
+def test_subcaption_contrast_is_a_cross_entropy_over_the_slides_own_texts():
+    generator = torch.Generator().manual_seed(0)
+    conditioned, texts = torch.randn(2, 3, DIM, generator=generator), torch.randn(2, 3, DIM, generator=generator)
+    keys = torch.tensor([[1, 2, 3], [4, 5, 4]])  # slide 1 drew the same text twice
+    scale = torch.tensor(10.0)
+    cosine = torch.nn.functional.cosine_similarity(conditioned[:, :, None], texts[:, None], dim=-1)  # [B, K, K]
+    expected = []
+    for slide in range(2):
+        for k in range(3):
+            allowed = [j for j in range(3) if j == k or keys[slide, j] != keys[slide, k]]
+            logits = scale * cosine[slide, k, allowed]
+            expected.append(-torch.log_softmax(logits, dim=0)[allowed.index(k)])
+    loss = subcaption_contrast_loss(conditioned, texts, keys, scale)
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+    # Matching each text best (large scale) drives it to zero; the other slides' texts play no part.
+    aligned = subcaption_contrast_loss(texts, texts, torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor(1e3))
+    assert aligned < 1e-3
+
+
+def test_subcaption_contrast_weight_is_validated_and_adds_to_the_region_loss(config_factory, tokenizer, bag_factory):
+    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
+
+    for bad in (-1.0, float("inf"), "1", True):
+        with pytest.raises(ValueError, match="subcaption_contrast_weight must be a finite number >= 0"):
+            config_factory(subcaption_contrast_weight=bad)
+    torch.manual_seed(0)
+    plain = PathFLIPModel(config_factory()).eval()
+    contrasted = PathFLIPModel(config_factory(subcaption_contrast_weight=0.5)).eval()
+    contrasted.load_state_dict(plain.state_dict())
+    processor = PathFLIPProcessor.from_model_config(tokenizer, plain.config)
+    batch = processor([bag_factory(i, 20 + i) for i in range(4)])
+    with torch.no_grad():
+        region, total = plain(**batch).loss_region, contrasted(**batch).loss_region
+        slide = plain.get_slide_features(**{k: batch[k] for k in BAG_INPUT_NAMES})
+        texts = plain.get_text_features(batch["subcaption_input_ids"], batch["subcaption_attention_mask"])
+        conditioned, _ = plain.get_text_conditioned_region_features(texts, slide.region_embeds,
+                                                                    slide.region_attention_mask)  # fmt: skip
+        keys = text_keys(batch["subcaption_input_ids"], batch["subcaption_attention_mask"])
+        contrast = subcaption_contrast_loss(conditioned, texts, keys, plain.region_logit_scale.exp())
+    torch.testing.assert_close(total, region + 0.5 * contrast)

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModel
 
 from modeling_pathflip import BAG_INPUT_NAMES, PathFLIPModel, PathFLIPOutput
+from modeling_pathflip.modeling_pathflip import PathFLIPTextRegionAttention
 from pathflip.training.collator import PathFLIPCollator
 
 TISSUES = "tumour stroma necrosis fat lymphocytes nuclei carcinoma cells".split()
@@ -146,7 +147,10 @@ def test_one_step_reaches_every_trainable_parameter(config, processor, bag_facto
         assert parameter.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
 
 
-@pytest.mark.parametrize("overrides", [{}, {"region_negatives": "one_per_slide"}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"region_negatives": "one_per_slide"}, {"tra_gate": "sigmoid", "region_duplicate_threshold": 0.8}],
+)
 def test_sixty_steps_on_eight_bags_drive_the_loss_down(config_factory, processor, bag_factory, overrides):
     torch.manual_seed(0)
     model = PathFLIPModel(config_factory(**overrides)).train()
@@ -286,3 +290,43 @@ def test_region_positions_reach_the_region_tokens_without_breaking_batching(
     assert not torch.allclose(together.region_embeds, moved.region_embeds, atol=1e-4)
     with pytest.raises(ValueError, match="pass region_positions"):
         model.get_slide_features(**{**inputs, "region_positions": None})
+
+
+def test_sigmoid_gated_text_region_attention_weighs_each_region_on_its_own():
+    torch.manual_seed(0)
+    attention = PathFLIPTextRegionAttention(8, 2, gate="sigmoid")
+    texts, regions = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 1, 0]])
+    conditioned, gates = attention(texts, regions, mask)
+    # By hand, from the multi-head attention's own projections: per head sigmoid(q.k / sqrt(d) - log L).
+    inner = attention.attention
+    w_q, w_k, w_v = inner.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = inner.in_proj_bias.chunk(3)
+    q = (attention.query(texts) @ w_q.T + b_q).unflatten(-1, (2, 4)).transpose(1, 2)
+    k = (attention.key(regions) @ w_k.T + b_k).unflatten(-1, (2, 4)).transpose(1, 2)
+    v = (attention.value(regions) @ w_v.T + b_v).unflatten(-1, (2, 4)).transpose(1, 2)
+    count = mask.sum(-1).float()
+    per_head = torch.sigmoid(q @ k.transpose(-1, -2) / 2 - count.log()[:, None, None, None]) * mask[:, None, None]
+    torch.testing.assert_close(gates, per_head.mean(1))
+    torch.testing.assert_close(conditioned, inner.out_proj((per_head @ v).transpose(1, 2).flatten(-2)))
+    assert (gates[1, :, [2, 4]] == 0).all()
+    assert not torch.allclose(gates.sum(-1), torch.ones(2, 3))  # not a distribution over regions
+    # The same parameters as the softmax attention: a softmax model's weights load into a sigmoid one.
+    softmax = PathFLIPTextRegionAttention(8, 2)
+    assert softmax.state_dict().keys() == attention.state_dict().keys()
+    softmax.load_state_dict(attention.state_dict())
+    _, weights = softmax(texts, regions, mask)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
+
+
+def test_tra_gate_is_validated_and_grounds_with_the_gates(config_factory, processor, bag_factory, bag_inputs):
+    with pytest.raises(ValueError, match="tra_gate must be one of .*'relu'"):
+        config_factory(tra_gate="relu")
+    model = PathFLIPModel(config_factory(tra_gate="sigmoid")).eval()
+    batch = processor([bag_factory(0, 40)], return_loss=False)
+    with torch.no_grad():
+        grounding = model.get_grounding(**bag_inputs(batch), **processor(text=["tumour", "fat"]))
+        slide = model.get_slide_features(**bag_inputs(batch))
+        texts = model.get_text_features(**processor(text=["tumour", "fat"]))
+        _, gates = model.text_region_attention(texts[None], slide.region_embeds, slide.region_attention_mask)
+    torch.testing.assert_close(grounding.region_scores, gates)
