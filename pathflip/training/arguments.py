@@ -68,6 +68,11 @@ class DataArguments:
     caption_prompt: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "LLM stage: instruction of captions."})
     label_column: str = field(default="label")
     num_subcaptions: int | None = field(default=None, metadata={"help": "Subcaptions per slide (default: config)."})
+    max_sentences_per_subcaption: int = field(
+        default=3,
+        metadata={"help": "A subcaption joins 1 to this many of a caption's sentences (1: one finding each, so a "
+                  "sentence every caption has, such as the background's, is never fused with a lesion's)."},
+    )  # fmt: skip
     max_regions: int | None = field(default=24, metadata={"help": "Regions sampled per slide in training."})
     max_patches: int | None = field(
         default=None, metadata={"help": "PathFLIP2: patches sampled per slide in training (default: the config's)."}
@@ -80,3 +85,9 @@ class DataArguments:
         default_factory=lambda: list(ZERO_SHOT_TEMPLATES),
         metadata={"help": "Zero-shot prompt ensemble; '{}' is replaced by the class name (default: pathflip eval's)."},
     )
+
+    def __post_init__(self) -> None:
+        for name in ("max_sentences_per_subcaption", "num_subcaptions", "max_regions", "max_patches"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"--{name} must be a positive integer, got {value!r}.")

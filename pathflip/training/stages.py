@@ -122,7 +122,10 @@ def alignment_trainer(model_args, data_args, training_args, train_set, eval_set)
         model.text_model.requires_grad_(False)
     num_subcaptions = data_args.num_subcaptions or model.config.num_subcaptions
     processor_class = ALIGNMENT_MODELS[model.config.model_type][2]
-    processor = processor_class.from_model_config(tokenizer, model.config, num_subcaptions=num_subcaptions)
+    processor = processor_class.from_model_config(
+        tokenizer, model.config, num_subcaptions=num_subcaptions,
+        max_sentences_per_subcaption=data_args.max_sentences_per_subcaption,
+    )  # fmt: skip
     labels = None if eval_set is None else zero_shot_labels(eval_set, data_args.label_column, data_args.class_names)
     compute_metrics = make_compute_metrics(model, processor, labels, data_args) if eval_set is not None else None
     max_patches = data_args.max_patches or getattr(model.config, "max_patches", None)
