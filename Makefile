@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench generalization clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 
 demo: $(VENV)/.demo-installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(VENV)/bin/pathflip demo $(DEMO_ARGS)
+
+# Both cohort families x 3 seeds x the recipe and its ablations (hours on 2 cores; every run resumes).
+generalization: $(VENV)/.demo-installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pathflip.demo.generalization \
+		--output generalization_runs --json docs/generalization.json $(STUDY_ARGS)
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q

@@ -8,6 +8,8 @@ from pathlib import Path
 from .options import nonnegative_int, positive_float, positive_int
 
 COHORT_FAMILIES = ["lesions", "hierarchical"]
+# pathflip.demo.options.ABLATIONS, spelled out for the same reason (a test keeps the two equal).
+ABLATION_NAMES = ["no-region-loss", "no-tra", "paraphrases-ignored", "sigmoid-tra", "subcaption-contrast"]
 TRAIN_HELP = "pretrain or fine-tune with the HF Trainer (the same as train.py; `pathflip train --help` lists options)"
 
 
@@ -44,7 +46,7 @@ def add_verbs(commands) -> None:
     demo.add_argument("--max-steps", type=positive_int, default=200, help="training steps")
     demo.add_argument("--learning-rate", type=positive_float, default=5e-4)
     demo.add_argument("--llm-steps", type=nonnegative_int, default=300, help="steps of each LLM stage (0: skip it)")
-    demo.add_argument("--ablation", choices=["no-region-loss", "no-tra"], help="train an ablated model instead")
+    demo.add_argument("--ablation", choices=ABLATION_NAMES, help="train an ablated model instead")
     demo.add_argument(
         "--text-model",
         choices=["auto", "minilm", "scratch"],
