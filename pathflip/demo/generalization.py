@@ -100,7 +100,8 @@ def study_table(study: dict) -> str:
         types = sorted({name.split("/", 1)[1] for stats in variants.values() for name in stats
                         if name.startswith("grounding_auroc/")})  # fmt: skip
         columns = [*HEADLINE, *(f"grounding_auroc/{kind}" for kind in types)]
-        lines += [f"**{family}** ({len(study['seeds'])} seeds, held-out slides; mean (worst seed))", "",
+        seeds = len(study["seeds"])
+        lines += [f"**{family}** ({seeds} seed{'s' if seeds > 1 else ''}, held-out slides; mean (worst seed))", "",
                   "| variant | " + " | ".join(_label(column) for column in columns) + " |",
                   "|---" * (len(columns) + 1) + "|"]  # fmt: skip
         for variant, stats in variants.items():
