@@ -137,38 +137,27 @@ def region_subcaption_sigmoid_loss(
         subcaption_keys = subcaption_keys[own_slide]
     all_keys = gather_no_grad(subcaption_keys)  # [G, K]
 
-    def label(candidate_keys: torch.Tensor) -> torch.Tensor:  # [B, C] -> +1 where slide i wrote that text
-        same = (candidate_keys[..., None] == subcaption_keys[:, None, :]).any(dim=-1)
-        return torch.where(same, 1.0, -1.0)
-
-    all_similarity = None if duplicate_threshold is None else gather_no_grad(subcaption_similarity)  # [G, K, H]
-
-    def paraphrase(candidate_vectors: torch.Tensor) -> torch.Tensor:  # [B, C, H] -> True where slide i has one
-        nearest = (candidate_vectors @ subcaption_similarity.transpose(1, 2)).amax(dim=-1)
-        return nearest >= duplicate_threshold
-
     if negatives == "all":
-        candidates = all_subcaptions.reshape(1, global_batch * num_sub, dim).expand(batch, -1, -1)
-        labels = label(all_keys.reshape(1, -1).expand(batch, -1))
-        weights = torch.ones_like(labels)
-        if all_similarity is not None:
-            vectors = all_similarity.reshape(1, global_batch * num_sub, -1).expand(batch, -1, -1)
-            labels, weights = _paraphrases(labels, weights, paraphrase(vectors), duplicates)
+        index = torch.arange(global_batch * num_sub, device=region_embeds.device).expand(batch, -1)
+        weights = torch.ones(index.shape, device=index.device)
     elif negatives == "one_per_slide":
         pick = torch.randint(num_sub, (global_batch,), device=region_embeds.device)
-        one_each = all_subcaptions[torch.arange(global_batch, device=pick.device), pick]  # [G, E]
-        candidates = torch.cat([subcaption_embeds, one_each[None].expand(batch, -1, -1)], dim=1)
-        picked_keys = all_keys[torch.arange(global_batch, device=pick.device), pick]  # [G]
-        labels = torch.cat([label(subcaption_keys), label(picked_keys[None].expand(batch, -1))], dim=1)
+        own = own_slide[:, None] * num_sub + torch.arange(num_sub, device=pick.device)  # [B, K]
+        picked = torch.arange(global_batch, device=pick.device) * num_sub + pick  # [G]
+        index = torch.cat([own, picked[None].expand(batch, -1)], dim=1)
         # A slide's own pick is neither a positive nor a negative: leave it out of the mean.
         not_self = torch.arange(global_batch, device=pick.device)[None, :] != own_slide[:, None]
         weights = torch.cat([torch.ones(batch, num_sub, device=pick.device), not_self.float()], dim=1)
-        if all_similarity is not None:
-            picked = all_similarity[torch.arange(global_batch, device=pick.device), pick][None].expand(batch, -1, -1)
-            vectors = torch.cat([subcaption_similarity, picked], dim=1)
-            labels, weights = _paraphrases(labels, weights, paraphrase(vectors), duplicates)
     else:
         raise ValueError(f"Unknown region_negatives {negatives!r}; use 'all' or 'one_per_slide'.")
+    candidates = all_subcaptions.reshape(global_batch * num_sub, dim)[index]  # [B, C, E]
+    # +1 where slide i wrote that very text
+    same = (all_keys.reshape(-1)[index][..., None] == subcaption_keys[:, None, :]).any(dim=-1)
+    labels = torch.where(same, 1.0, -1.0)
+    if duplicate_threshold is not None:
+        vectors = gather_no_grad(subcaption_similarity).flatten(0, 1)[index]  # [B, C, H]
+        nearest = (vectors @ subcaption_similarity.transpose(1, 2)).amax(dim=-1)
+        labels, weights = _paraphrases(labels, weights, nearest >= duplicate_threshold, duplicates)
 
     conditioned, _ = text_region_attention(candidates, region_embeds, region_attention_mask)
     cosine = F.cosine_similarity(conditioned, candidates, dim=-1)
