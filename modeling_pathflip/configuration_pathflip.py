@@ -103,6 +103,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
             subcaption's text-conditioned region embedding must match it better than the slide's other subcaptions
             (inverse temperature: the region loss's scale). 0 (the paper): off. It gives sentences about tissue
             every slide has (background stroma) a signal about where they are.
+        region_negatives_steer_attention (`bool`): True (the paper): a negative pair's region loss also moves the
+            Text-Region Attention weights. False: only a slide's own subcaptions teach where a text looks;
+            negatives still move the region and text embeddings.
         region_loss_reduction (`str`): how the region loss averages its per-(slide, candidate) losses. "mean": over
             all pairs. "authors" (the authors' v1): per slide, the sum over its candidates divided by K + B - 1 (their
             candidate set: the slide's K subcaptions plus one per other slide of the global batch of B slides), then
@@ -160,6 +163,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         region_duplicate_threshold: float | None = None,
         region_duplicates: str = "ignore",
         subcaption_contrast_weight: float = 0.0,
+        region_negatives_steer_attention: bool = True,
         initializer_range: float = 0.02,
         patch_encoder: str | None = None,
         patch_size_um: float | None = None,
@@ -202,6 +206,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         self.region_duplicate_threshold = region_duplicate_threshold
         self.region_duplicates = region_duplicates
         self.subcaption_contrast_weight = subcaption_contrast_weight
+        self.region_negatives_steer_attention = region_negatives_steer_attention
         self.initializer_range = initializer_range
         self.patch_encoder = patch_encoder
         self.patch_size_um = patch_size_um
@@ -240,7 +245,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         if self.tra_gate not in TRA_GATES:
             raise ValueError(f"tra_gate must be one of {TRA_GATES}, got {self.tra_gate!r}.")
         if self.region_duplicates not in REGION_DUPLICATE_MODES:
-            raise ValueError(f"region_duplicates must be one of {REGION_DUPLICATE_MODES}, got {self.region_duplicates!r}.")
+            raise ValueError(
+                f"region_duplicates must be one of {REGION_DUPLICATE_MODES}, got {self.region_duplicates!r}."
+            )
         threshold = self.region_duplicate_threshold
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
                                       or not -1.0 < threshold <= 1.0):  # fmt: skip
@@ -248,6 +255,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         weight = self.subcaption_contrast_weight
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
             raise ValueError(f"subcaption_contrast_weight must be a finite number >= 0, got {weight!r}.")
+        steer = self.region_negatives_steer_attention
+        if not isinstance(steer, bool):
+            raise ValueError(f"region_negatives_steer_attention must be True or False, got {steer!r}.")
         if not (self.use_slide_loss or self.use_region_loss):
             raise ValueError("At least one of use_slide_loss and use_region_loss must be True.")
         if not 0.0 <= self.label_smoothing < 1.0:

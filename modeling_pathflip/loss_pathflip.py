@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-TextRegionAttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+TextRegionAttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (texts, regions, mask[, attention_grad])
 
 
 def distributed_world() -> tuple[int, int]:
@@ -92,6 +92,7 @@ def region_subcaption_sigmoid_loss(
     subcaption_similarity: torch.Tensor | None = None,
     duplicate_threshold: float | None = None,
     duplicates: str = "ignore",
+    negatives_steer_attention: bool = True,
 ) -> torch.Tensor:
     """FLAIR-style sigmoid loss between text-conditioned region embeddings and subcaptions.
 
@@ -120,6 +121,10 @@ def region_subcaption_sigmoid_loss(
             paraphrases: another slide's subcaption within ``duplicate_threshold`` cosine of one of slide i's own
             is not a negative for slide i but is left out (``duplicates="ignore"``) or a positive (``"positive"``).
             "The background is dense collagenous stroma." describes most slides of a cohort in other words too.
+        negatives_steer_attention: False: a negative pair's loss reaches the region and text embeddings but not
+            the attention weights over regions, so only a slide's own subcaptions teach where a text looks. A
+            sentence every slide has ("dense collagenous stroma") is a negative for the other slides, and it could
+            otherwise lower those scores by looking at their lesions instead of their stroma.
     """
     if duplicate_threshold is not None and subcaption_similarity is None:
         raise ValueError("duplicate_threshold needs subcaption_similarity (the unit-norm text vectors).")
@@ -159,7 +164,10 @@ def region_subcaption_sigmoid_loss(
         nearest = (vectors @ subcaption_similarity.transpose(1, 2)).amax(dim=-1)
         labels, weights = _paraphrases(labels, weights, nearest >= duplicate_threshold, duplicates)
 
-    conditioned, _ = text_region_attention(candidates, region_embeds, region_attention_mask)
+    if negatives_steer_attention:
+        conditioned, _ = text_region_attention(candidates, region_embeds, region_attention_mask)
+    else:
+        conditioned, _ = text_region_attention(candidates, region_embeds, region_attention_mask, labels > 0)
     cosine = F.cosine_similarity(conditioned, candidates, dim=-1)
     logits = log_scale.exp() * cosine + bias
     losses = -F.logsigmoid(labels * logits)

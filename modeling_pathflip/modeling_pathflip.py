@@ -106,22 +106,36 @@ class PathFLIPTextRegionAttention(nn.Module):
         self.gate = gate
 
     def forward(
-        self, text_embeds: torch.Tensor, region_embeds: torch.Tensor, region_attention_mask: torch.Tensor
+        self,
+        text_embeds: torch.Tensor,
+        region_embeds: torch.Tensor,
+        region_attention_mask: torch.Tensor,
+        attention_grad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return text-conditioned region embeddings ``[B, C, E]`` and head-averaged weights ``[B, C, L]``."""
-        queries, keys, values = self.query(text_embeds), self.key(region_embeds), self.value(region_embeds)
-        if self.gate == "sigmoid":
-            return self._sigmoid_attention(queries, keys, values, region_attention_mask.bool())
-        conditioned, weights = self.attention(
-            queries, keys, values, key_padding_mask=~region_attention_mask.bool(), need_weights=True,
-            average_attn_weights=True,
-        )  # fmt: skip
-        return conditioned, weights
+        """Return text-conditioned region embeddings ``[B, C, E]`` and head-averaged weights ``[B, C, L]``.
 
-    def _sigmoid_attention(
-        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, real: torch.Tensor
+        ``attention_grad`` ``[B, C]`` (bool): where False, the weights over regions are used but get no gradient,
+        so that text's loss can move the region and text embeddings but not where the text looks.
+        """
+        queries, keys, values = self.query(text_embeds), self.key(region_embeds), self.value(region_embeds)
+        if self.gate == "softmax" and attention_grad is None:
+            conditioned, weights = self.attention(
+                queries, keys, values, key_padding_mask=~region_attention_mask.bool(), need_weights=True,
+                average_attn_weights=True,
+            )  # fmt: skip
+            return conditioned, weights
+        return self._explicit_attention(queries, keys, values, region_attention_mask.bool(), attention_grad)
+
+    def _explicit_attention(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        real: torch.Tensor,
+        attention_grad: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sigmoid-gated attention with the `nn.MultiheadAttention` projections (so weights load either way)."""
+        """The attention with the `nn.MultiheadAttention` projections (so weights load either way), for the
+        sigmoid gate and for weights without gradient."""
         attention, heads = self.attention, self.attention.num_heads
         q, k, v = (
             nn.functional.linear(x, w, b).unflatten(-1, (heads, -1)).transpose(1, 2)
@@ -130,8 +144,13 @@ class PathFLIPTextRegionAttention(nn.Module):
             )
         )  # [B, H, C or L, d]
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, C, L]
-        count = real.sum(-1).clamp(min=1).to(logits.dtype)
-        gates = torch.sigmoid(logits - count.log()[:, None, None, None]) * real[:, None, None, :]
+        if self.gate == "sigmoid":
+            count = real.sum(-1).clamp(min=1).to(logits.dtype)
+            gates = torch.sigmoid(logits - count.log()[:, None, None, None]) * real[:, None, None, :]
+        else:
+            gates = logits.masked_fill(~real[:, None, None, :], float("-inf")).softmax(dim=-1)
+        if attention_grad is not None:
+            gates = torch.where(attention_grad.bool()[:, None, :, None], gates, gates.detach())
         conditioned = (gates @ v).transpose(1, 2).flatten(-2)
         return attention.out_proj(conditioned), gates.mean(dim=1)
 
@@ -337,16 +356,21 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
 
     def get_text_conditioned_region_features(
-        self, text_embeds: torch.Tensor, region_embeds: torch.Tensor, region_attention_mask: torch.Tensor
+        self,
+        text_embeds: torch.Tensor,
+        region_embeds: torch.Tensor,
+        region_attention_mask: torch.Tensor,
+        attention_grad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Text-conditioned region embeddings ``u`` ``[B, C, E]`` and weights over regions ``[B, C, L]``.
 
-        ``text_embeds`` is ``[B, C, E]`` or ``[C, E]`` (the same texts for every slide).
+        ``text_embeds`` is ``[B, C, E]`` or ``[C, E]`` (the same texts for every slide). ``attention_grad``
+        ``[B, C]``: see [`PathFLIPTextRegionAttention`].
         """
         if text_embeds.dim() == 2:
             text_embeds = text_embeds[None].expand(region_embeds.shape[0], -1, -1)
         if self.config.use_text_region_attention:
-            return self.text_region_attention(text_embeds, region_embeds, region_attention_mask)
+            return self.text_region_attention(text_embeds, region_embeds, region_attention_mask, attention_grad)
         return mean_region_pooling(text_embeds, region_embeds, region_attention_mask)
 
     def get_grounding(
@@ -494,6 +518,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
                 subcaption_similarity=subcaption_similarity,
                 duplicate_threshold=config.region_duplicate_threshold,
                 duplicates=config.region_duplicates,
+                negatives_steer_attention=config.region_negatives_steer_attention,
             )
             if config.subcaption_contrast_weight > 0:
                 conditioned, _ = self.get_text_conditioned_region_features(

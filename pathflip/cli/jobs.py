@@ -9,7 +9,9 @@ from .options import nonnegative_int, positive_float, positive_int
 
 COHORT_FAMILIES = ["lesions", "hierarchical"]
 # pathflip.demo.options.ABLATIONS, spelled out for the same reason (a test keeps the two equal).
-ABLATION_NAMES = ["no-region-loss", "no-tra", "paraphrases-ignored", "sigmoid-tra", "subcaption-contrast"]
+ABLATION_NAMES = [
+    "no-region-loss", "no-tra", "paraphrases-ignored", "sigmoid-tra", "subcaption-contrast", "negatives-fixed-attention"
+]
 TRAIN_HELP = "pretrain or fine-tune with the HF Trainer (the same as train.py; `pathflip train --help` lists options)"
 
 

@@ -19,6 +19,7 @@ ABLATIONS = {
     "paraphrases-ignored": {"region_duplicate_threshold": 0.6},
     "sigmoid-tra": {"tra_gate": "sigmoid"},
     "subcaption-contrast": {"subcaption_contrast_weight": 1.0},
+    "negatives-fixed-attention": {"region_negatives_steer_attention": False},
 }
 
 

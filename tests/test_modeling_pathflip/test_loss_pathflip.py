@@ -174,7 +174,8 @@ def test_paraphrases_of_own_subcaptions_are_left_out_or_made_positive():
     scale, bias = torch.tensor(2.3), torch.tensor(-1.0)
     # Text vectors: slide 0's first subcaption and slide 1's second say the same thing in other words.
     basis = torch.eye(4)
-    vectors = torch.stack([basis[0], basis[1], basis[2], torch.nn.functional.normalize(basis[0] + 0.1 * basis[3], dim=0)])
+    paraphrase = torch.nn.functional.normalize(basis[0] + 0.1 * basis[3], dim=0)
+    vectors = torch.stack([basis[0], basis[1], basis[2], paraphrase])
     vectors = vectors.reshape(2, 2, 4)  # cosine 0.995 between those two, 0 between any others
     pairs = _per_pair_losses(regions, mask, subcaptions, attention, scale, bias)
     paraphrase = torch.zeros(2, 4, dtype=torch.bool)
@@ -269,3 +270,71 @@ def test_subcaption_contrast_weight_is_validated_and_adds_to_the_region_loss(con
         keys = text_keys(batch["subcaption_input_ids"], batch["subcaption_attention_mask"])
         contrast = subcaption_contrast_loss(conditioned, texts, keys, plain.region_logit_scale.exp())
     torch.testing.assert_close(total, region + 0.5 * contrast)
+
+
+def test_with_negatives_not_steering_attention_only_positives_move_the_attention_weights():
+    torch.manual_seed(0)
+    attention = PathFLIPTextRegionAttention(DIM, 2)
+    regions, mask = torch.randn(2, REGIONS, DIM), torch.ones(2, REGIONS, dtype=torch.long)
+    mask[1, -2:] = 0
+    subcaptions = torch.randn(2, 1, DIM)
+    scale, bias = torch.tensor(2.3), torch.tensor(-1.0)
+
+    def loss(steer: bool) -> torch.Tensor:
+        return region_subcaption_sigmoid_loss(regions, mask, subcaptions, attention, scale, bias,
+                                              negatives_steer_attention=steer)  # fmt: skip
+
+    def positives_only() -> torch.Tensor:  # each slide with its own subcaption, over the 4 pairs of the mean
+        conditioned, _ = attention(subcaptions, regions, mask)
+        cosine = torch.nn.functional.cosine_similarity(conditioned, subcaptions, dim=-1)
+        return -torch.nn.functional.logsigmoid(scale.exp() * cosine + bias).sum() / 4
+
+    def grads(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attention.zero_grad()
+        value.backward()
+        return attention.query.weight.grad.clone(), attention.value.weight.grad.clone()
+
+    torch.testing.assert_close(loss(False), loss(True))  # the same loss; only its gradients differ
+    (fixed_query, fixed_value), (steer_query, _) = grads(loss(False)), grads(loss(True))
+    positive_query, positive_value = grads(positives_only())
+    # The query projection only shapes the weights over regions: it learns from the positive pairs alone.
+    torch.testing.assert_close(fixed_query, positive_query)
+    assert not torch.allclose(steer_query, positive_query)
+    # Negatives still move the values (the region embeddings' side).
+    assert not torch.allclose(fixed_value, positive_value)
+
+
+def test_text_region_attention_without_weight_gradients_computes_the_same_outputs():
+    torch.manual_seed(0)
+    for gate in ("softmax", "sigmoid"):
+        attention = PathFLIPTextRegionAttention(DIM, 2, gate=gate).eval()
+        texts, regions = torch.randn(2, 3, DIM), torch.randn(2, REGIONS, DIM)
+        mask = torch.ones(2, REGIONS, dtype=torch.long)
+        mask[0, -2:] = 0
+        expected = attention(texts, regions, mask)
+        for grad in (torch.ones(2, 3, dtype=torch.bool), torch.tensor([[True, False, True], [False, False, True]])):
+            for got, want in zip(attention(texts, regions, mask, grad), expected, strict=True):
+                torch.testing.assert_close(got, want)
+        assert expected[1][0, :, -2:].abs().max() == 0  # padded regions get no weight either way
+
+
+def test_region_negatives_steer_attention_is_validated_and_reaches_the_model(config_factory, tokenizer, bag_factory):
+    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
+
+    for bad in ("no", 0, None):
+        with pytest.raises(ValueError, match="region_negatives_steer_attention must be True or False"):
+            config_factory(region_negatives_steer_attention=bad)
+    torch.manual_seed(0)
+    steering = PathFLIPModel(config_factory()).train()
+    fixed = PathFLIPModel(config_factory(region_negatives_steer_attention=False)).train()
+    fixed.load_state_dict(steering.state_dict())
+    processor = PathFLIPProcessor.from_model_config(tokenizer, steering.config)
+    batch = processor([bag_factory(i, 20 + i) for i in range(4)])
+    grads = []
+    for model in (steering, fixed):
+        torch.manual_seed(1)
+        output = model(**batch)
+        output.loss_region.backward()
+        grads.append((output.loss_region.detach(), model.text_region_attention.query.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert not torch.allclose(grads[0][1], grads[1][1])
