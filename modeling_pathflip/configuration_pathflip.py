@@ -103,6 +103,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
             subcaption's text-conditioned region embedding must match it better than the slide's other subcaptions
             (inverse temperature: the region loss's scale). 0 (the paper): off. It gives sentences about tissue
             every slide has (background stroma) a signal about where they are.
+        region_exclusion_weight (`float`): weight of a term added to the region loss that pushes a subcaption the
+            cross-slide loss cannot place (one every slide has, such as the background) off the regions its slide's
+            well placed subcaptions attend to. 0 (the paper): off.
         region_negatives_steer_attention (`bool`): True (the paper): a negative pair's region loss also moves the
             Text-Region Attention weights. False: only a slide's own subcaptions teach where a text looks;
             negatives still move the region and text embeddings.
@@ -164,6 +167,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         region_duplicates: str = "ignore",
         subcaption_contrast_weight: float = 0.0,
         region_negatives_steer_attention: bool = True,
+        region_exclusion_weight: float = 0.0,
         initializer_range: float = 0.02,
         patch_encoder: str | None = None,
         patch_size_um: float | None = None,
@@ -207,6 +211,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         self.region_duplicates = region_duplicates
         self.subcaption_contrast_weight = subcaption_contrast_weight
         self.region_negatives_steer_attention = region_negatives_steer_attention
+        self.region_exclusion_weight = region_exclusion_weight
         self.initializer_range = initializer_range
         self.patch_encoder = patch_encoder
         self.patch_size_um = patch_size_um
@@ -252,9 +257,10 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
                                       or not -1.0 < threshold <= 1.0):  # fmt: skip
             raise ValueError(f"region_duplicate_threshold must be None or a cosine in (-1, 1], got {threshold!r}.")
-        weight = self.subcaption_contrast_weight
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
-            raise ValueError(f"subcaption_contrast_weight must be a finite number >= 0, got {weight!r}.")
+        for name in ("subcaption_contrast_weight", "region_exclusion_weight"):
+            weight = getattr(self, name)
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {weight!r}.")
         steer = self.region_negatives_steer_attention
         if not isinstance(steer, bool):
             raise ValueError(f"region_negatives_steer_attention must be True or False, got {steer!r}.")

@@ -213,3 +213,45 @@ def subcaption_contrast_loss(
     logits = logits.masked_fill(same_text & ~self_pair, float("-inf"))
     targets = torch.arange(num_sub, device=logits.device).expand(logits.shape[0], -1)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def subcaption_discriminability(scores: torch.Tensor, subcaption_keys: torch.Tensor) -> torch.Tensor:
+    """How well the region loss places each subcaption: the share of other slides (without that text) on which it
+    scores below its own slide, ``[B, K]`` in [0, 1] (0.5 when no other slide can be compared).
+
+    Args:
+        scores: ``[B, B * K]`` score of every local subcaption (flattened slide-major) on every local slide.
+        subcaption_keys: ``[B, K]`` text identities (`text_keys`).
+    """
+    batch, num_sub = subcaption_keys.shape
+    columns = torch.arange(batch * num_sub, device=scores.device)
+    own = scores[columns // num_sub, columns]  # [C]
+    has_text = (subcaption_keys[:, :, None] == subcaption_keys.reshape(1, 1, -1)).any(dim=1)  # [B, C]
+    comparable = (~has_text).float()
+    below = ((scores < own[None]).float() * comparable).sum(0)
+    count = comparable.sum(0)
+    share = torch.where(count > 0, below / count.clamp(min=1), torch.full_like(count, 0.5))
+    return share.reshape(batch, num_sub)
+
+
+def region_exclusion_loss(
+    region_weights: torch.Tensor, discriminability: torch.Tensor, subcaption_keys: torch.Tensor
+) -> torch.Tensor:
+    """Attention mass that poorly placed subcaptions put on regions claimed by well placed ones of the same slide.
+
+    A sentence the cross-slide region loss cannot place (one every slide has, such as the background stroma) is
+    pushed off the regions that the slide's well placed sentences (its lesions) attend to; the claims themselves
+    get no gradient. Placement ``a = clamp(2 d - 1, 0, 1)`` from the discriminability ``d``: a sentence weighs in
+    as a claim by ``a`` and is pushed by ``1 - a``.
+
+    Args:
+        region_weights: ``[B, K, L]`` each subcaption's Text-Region Attention weights over its slide's regions.
+        discriminability: ``[B, K]`` from `subcaption_discriminability` (no gradient).
+        subcaption_keys: ``[B, K]`` text identities; pairs with the same text are left out.
+    """
+    placed = (2 * discriminability - 1).clamp(0, 1)
+    claims = region_weights.detach() * placed[..., None]
+    others = (subcaption_keys[:, :, None] != subcaption_keys[:, None, :]).to(claims.dtype)  # [B, K, K]
+    pressure = others @ claims  # [B, K, L]: the other sentences' claims on each region
+    pressure = pressure / pressure.amax(dim=-1, keepdim=True).clamp(min=1e-6)
+    return ((1 - placed)[..., None] * region_weights * pressure).sum(dim=-1).mean()

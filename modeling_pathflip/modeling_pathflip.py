@@ -22,9 +22,11 @@ from transformers.utils import ModelOutput
 
 from .configuration_pathflip import PathFLIPConfig
 from .loss_pathflip import (
+    region_exclusion_loss,
     region_subcaption_sigmoid_loss,
     slide_caption_contrastive_loss,
     subcaption_contrast_loss,
+    subcaption_discriminability,
     text_keys,
 )
 
@@ -528,8 +530,29 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
                     conditioned, subcaption_embeds, subcaption_keys, self.region_logit_scale.exp()
                 )
                 loss_region = loss_region + config.subcaption_contrast_weight * contrast
+            if config.region_exclusion_weight > 0:
+                exclusion = self._region_exclusion(slide, subcaption_embeds, subcaption_keys)
+                loss_region = loss_region + config.region_exclusion_weight * exclusion
             loss = loss + config.region_loss_weight * loss_region
         return loss, loss_slide, loss_region
+
+    def _region_exclusion(
+        self, slide: PathFLIPSlideOutput, subcaption_embeds: torch.Tensor, subcaption_keys: torch.Tensor
+    ) -> torch.Tensor:
+        """`region_exclusion_loss` over the local batch: each subcaption scored on every local slide (no gradient)
+        for its discriminability, then its own slide's attention maps."""
+        batch, num_sub, _ = subcaption_embeds.shape
+        with torch.no_grad():
+            texts = subcaption_embeds.reshape(batch * num_sub, -1)
+            conditioned, _ = self.get_text_conditioned_region_features(
+                texts, slide.region_embeds, slide.region_attention_mask
+            )
+            scores = nn.functional.cosine_similarity(conditioned, texts[None], dim=-1)  # [B, B * K]
+            discriminability = subcaption_discriminability(scores, subcaption_keys)
+        _, weights = self.get_text_conditioned_region_features(
+            subcaption_embeds, slide.region_embeds, slide.region_attention_mask
+        )
+        return region_exclusion_loss(weights, discriminability, subcaption_keys)
 
 
 def text_model_without_pooler(text_config) -> PreTrainedModel:

@@ -10,7 +10,8 @@ from .options import nonnegative_int, positive_float, positive_int
 COHORT_FAMILIES = ["lesions", "hierarchical"]
 # pathflip.demo.options.ABLATIONS, spelled out for the same reason (a test keeps the two equal).
 ABLATION_NAMES = [
-    "no-region-loss", "no-tra", "paraphrases-ignored", "sigmoid-tra", "subcaption-contrast", "negatives-fixed-attention"
+    "no-region-loss", "no-tra", "paraphrases-ignored", "sigmoid-tra", "subcaption-contrast",
+    "negatives-fixed-attention", "region-exclusion",
 ]
 TRAIN_HELP = "pretrain or fine-tune with the HF Trainer (the same as train.py; `pathflip train --help` lists options)"
 

@@ -20,6 +20,7 @@ ABLATIONS = {
     "sigmoid-tra": {"tra_gate": "sigmoid"},
     "subcaption-contrast": {"subcaption_contrast_weight": 1.0},
     "negatives-fixed-attention": {"region_negatives_steer_attention": False},
+    "region-exclusion": {"region_exclusion_weight": 20.0},
 }
 
 

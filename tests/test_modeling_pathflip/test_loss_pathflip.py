@@ -9,9 +9,11 @@ import torch.multiprocessing as mp
 
 from modeling_pathflip import BAG_INPUT_NAMES
 from modeling_pathflip.loss_pathflip import (
+    region_exclusion_loss,
     region_subcaption_sigmoid_loss,
     slide_caption_contrastive_loss,
     subcaption_contrast_loss,
+    subcaption_discriminability,
     text_keys,
 )
 from modeling_pathflip.modeling_pathflip import PathFLIPTextRegionAttention
@@ -338,3 +340,58 @@ def test_region_negatives_steer_attention_is_validated_and_reaches_the_model(con
         grads.append((output.loss_region.detach(), model.text_region_attention.query.weight.grad.clone()))
     torch.testing.assert_close(grads[0][0], grads[1][0])
     assert not torch.allclose(grads[0][1], grads[1][1])
+
+
+def test_discriminability_is_the_share_of_other_slides_a_subcaption_scores_lower_on():
+    keys = torch.tensor([[1, 2], [3, 1]])  # slide 1 also wrote text 1: never compared with it
+    # scores[slide, column]: columns are the subcaptions slide-major (slide 0: 1, 2; slide 1: 3, 1)
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.8], [0.2, 0.3, 0.6, 0.7]])
+    share = subcaption_discriminability(scores, keys)
+    # text 2 scores 0.1 on its slide and 0.3 on slide 1; text 3: 0.6 against 0.5; text 1 has no other slide.
+    torch.testing.assert_close(share, torch.tensor([[0.5, 0.0], [1.0, 0.5]]))
+
+
+def test_exclusion_pushes_poorly_placed_subcaptions_off_regions_well_placed_ones_claim():
+    weights = torch.tensor([[[0.8, 0.1, 0.1], [0.5, 0.25, 0.25], [0.0, 0.5, 0.5]]], requires_grad=True)
+    keys = torch.tensor([[1, 2, 3]])
+    placed = torch.tensor([[1.0, 0.5, 0.75]])  # discriminability: placement 1, 0 and 0.5
+    loss = region_exclusion_loss(weights, placed, keys)
+    maps = weights.detach()[0]
+    claims = maps * torch.tensor([1.0, 0.0, 0.5])[:, None]
+    expected = 0.0
+    for k, free in enumerate((0.0, 1.0, 0.5)):
+        pressure = claims.sum(0) - claims[k]
+        expected += free * (maps[k] * pressure / pressure.max()).sum()
+    torch.testing.assert_close(loss, expected / 3)
+    loss.backward()
+    assert weights.grad[0, 0].abs().sum() == 0  # a fully placed sentence is not pushed
+    assert weights.grad[0, 1, 0] > weights.grad[0, 1, 1]  # the region sentence 0 claims costs most
+    # Nothing to exclude where every text is the same.
+    assert region_exclusion_loss(weights.detach(), placed, torch.tensor([[4, 4, 4]])) == 0
+
+
+def test_region_exclusion_weight_is_validated_and_adds_to_the_region_loss(config_factory, tokenizer, bag_factory):
+    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor
+
+    for bad in (-0.5, float("inf"), "1", False):
+        with pytest.raises(ValueError, match="region_exclusion_weight must be a finite number >= 0"):
+            config_factory(region_exclusion_weight=bad)
+    torch.manual_seed(0)
+    plain = PathFLIPModel(config_factory()).eval()
+    excluding = PathFLIPModel(config_factory(region_exclusion_weight=3.0)).eval()
+    excluding.load_state_dict(plain.state_dict())
+    processor = PathFLIPProcessor.from_model_config(tokenizer, plain.config)
+    batch = processor([bag_factory(i, 20 + i) for i in range(4)])
+    with torch.no_grad():
+        region, total = plain(**batch).loss_region, excluding(**batch).loss_region
+        slide = plain.get_slide_features(**{k: batch[k] for k in BAG_INPUT_NAMES})
+        texts = plain.get_text_features(batch["subcaption_input_ids"], batch["subcaption_attention_mask"])
+        flat = texts.flatten(0, 1)
+        conditioned, _ = plain.get_text_conditioned_region_features(flat, slide.region_embeds,
+                                                                    slide.region_attention_mask)  # fmt: skip
+        keys = text_keys(batch["subcaption_input_ids"], batch["subcaption_attention_mask"])
+        scores = torch.nn.functional.cosine_similarity(conditioned, flat[None], dim=-1)
+        share = subcaption_discriminability(scores, keys)
+        _, weights = plain.get_text_conditioned_region_features(texts, slide.region_embeds, slide.region_attention_mask)
+        exclusion = region_exclusion_loss(weights, share, keys)
+    torch.testing.assert_close(total, region + 3.0 * exclusion)
