@@ -237,12 +237,13 @@ def subcaption_discriminability(scores: torch.Tensor, subcaption_keys: torch.Ten
 def region_exclusion_loss(
     region_weights: torch.Tensor, discriminability: torch.Tensor, subcaption_keys: torch.Tensor
 ) -> torch.Tensor:
-    """Attention mass that poorly placed subcaptions put on regions claimed by well placed ones of the same slide.
+    """Attention mass that subcaptions put on regions claimed by better placed ones of the same slide.
 
     A sentence the cross-slide region loss cannot place (one every slide has, such as the background stroma) is
     pushed off the regions that the slide's well placed sentences (its lesions) attend to; the claims themselves
-    get no gradient. Placement ``a = clamp(2 d - 1, 0, 1)`` from the discriminability ``d``: a sentence weighs in
-    as a claim by ``a`` and is pushed by ``1 - a``.
+    get no gradient. Placement ``a = clamp(2 d - 1, 0, 1)`` from the discriminability ``d``; sentence k is pushed
+    off sentence j's claim (its weights scaled to peak at 1) by ``max(a_j - a_k, 0)``, so lesion sentences, placed
+    about alike, barely push each other, and the background is pushed by all of them.
 
     Args:
         region_weights: ``[B, K, L]`` each subcaption's Text-Region Attention weights over its slide's regions.
@@ -250,8 +251,9 @@ def region_exclusion_loss(
         subcaption_keys: ``[B, K]`` text identities; pairs with the same text are left out.
     """
     placed = (2 * discriminability - 1).clamp(0, 1)
-    claims = region_weights.detach() * placed[..., None]
-    others = (subcaption_keys[:, :, None] != subcaption_keys[:, None, :]).to(claims.dtype)  # [B, K, K]
-    pressure = others @ claims  # [B, K, L]: the other sentences' claims on each region
-    pressure = pressure / pressure.amax(dim=-1, keepdim=True).clamp(min=1e-6)
-    return ((1 - placed)[..., None] * region_weights * pressure).sum(dim=-1).mean()
+    claims = region_weights.detach()
+    claims = claims / claims.amax(dim=-1, keepdim=True).clamp(min=1e-6)  # each claim peaks at 1
+    push = (placed[:, None, :] - placed[:, :, None]).clamp(min=0)  # [B, K (pushed), K (claiming)]
+    push = push * (subcaption_keys[:, :, None] != subcaption_keys[:, None, :]).to(push.dtype)
+    pressure = push @ claims  # [B, K, L]
+    return (region_weights * pressure).sum(dim=-1).mean()

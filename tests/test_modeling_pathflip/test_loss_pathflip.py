@@ -351,23 +351,22 @@ def test_discriminability_is_the_share_of_other_slides_a_subcaption_scores_lower
     torch.testing.assert_close(share, torch.tensor([[0.5, 0.0], [1.0, 0.5]]))
 
 
-def test_exclusion_pushes_poorly_placed_subcaptions_off_regions_well_placed_ones_claim():
+def test_exclusion_pushes_subcaptions_off_regions_better_placed_ones_claim():
     weights = torch.tensor([[[0.8, 0.1, 0.1], [0.5, 0.25, 0.25], [0.0, 0.5, 0.5]]], requires_grad=True)
     keys = torch.tensor([[1, 2, 3]])
-    placed = torch.tensor([[1.0, 0.5, 0.75]])  # discriminability: placement 1, 0 and 0.5
-    loss = region_exclusion_loss(weights, placed, keys)
+    discriminability = torch.tensor([[1.0, 0.5, 0.75]])  # placement 1, 0 and 0.5
+    loss = region_exclusion_loss(weights, discriminability, keys)
     maps = weights.detach()[0]
-    claims = maps * torch.tensor([1.0, 0.0, 0.5])[:, None]
-    expected = 0.0
-    for k, free in enumerate((0.0, 1.0, 0.5)):
-        pressure = claims.sum(0) - claims[k]
-        expected += free * (maps[k] * pressure / pressure.max()).sum()
-    torch.testing.assert_close(loss, expected / 3)
+    claims = maps / maps.amax(dim=-1, keepdim=True)  # [1, .125, .125], [1, .5, .5], [0, 1, 1]
+    # sentence 1 is pushed by 0 (by 1.0) and 2 (by 0.5); sentence 2 by 0 (by 0.5); sentence 0 by nobody.
+    pressure = torch.stack([torch.zeros(3), claims[0] + 0.5 * claims[2], 0.5 * claims[0]])
+    torch.testing.assert_close(loss, (maps * pressure).sum() / 3)
     loss.backward()
-    assert weights.grad[0, 0].abs().sum() == 0  # a fully placed sentence is not pushed
+    assert weights.grad[0, 0].abs().sum() == 0  # the best placed sentence is not pushed
     assert weights.grad[0, 1, 0] > weights.grad[0, 1, 1]  # the region sentence 0 claims costs most
-    # Nothing to exclude where every text is the same.
-    assert region_exclusion_loss(weights.detach(), placed, torch.tensor([[4, 4, 4]])) == 0
+    # Nothing to exclude where every text is the same, or every sentence is placed alike.
+    assert region_exclusion_loss(weights.detach(), discriminability, torch.tensor([[4, 4, 4]])) == 0
+    assert region_exclusion_loss(weights.detach(), torch.full((1, 3), 0.8), keys) == 0
 
 
 def test_region_exclusion_weight_is_validated_and_adds_to_the_region_loss(config_factory, tokenizer, bag_factory):
