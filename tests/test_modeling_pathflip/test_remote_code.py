@@ -38,6 +38,7 @@ def test_folder_loads_as_remote_code_without_the_package(tmp_path, model, proces
         "AutoModel": "modeling_pathflip.PathFLIPModel",
     }
     code_files = {
+        "attention_pathflip.py",
         "configuration_pathflip.py",
         "modeling_pathflip.py",
         "loss_pathflip.py",
