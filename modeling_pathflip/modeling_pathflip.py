@@ -445,37 +445,33 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
                 duplicates=config.region_duplicates,
                 negatives_steer_attention=config.region_negatives_steer_attention,
             )
-            if config.subcaption_contrast_weight > 0:
-                conditioned, _ = self.get_text_conditioned_region_features(
+            if config.subcaption_contrast_weight > 0 or config.region_exclusion_weight > 0:
+                # each subcaption over its own slide's regions, for the within-slide terms
+                conditioned, weights = self.get_text_conditioned_region_features(
                     subcaption_embeds, slide.region_embeds, slide.region_attention_mask
                 )
+            if config.subcaption_contrast_weight > 0:
                 contrast = subcaption_contrast_loss(
                     conditioned, subcaption_embeds, subcaption_keys, self.region_logit_scale.exp()
                 )
                 loss_region = loss_region + config.subcaption_contrast_weight * contrast
             if config.region_exclusion_weight > 0:
-                exclusion = self._region_exclusion(slide, subcaption_embeds, subcaption_keys)
+                discriminability = self._discriminability(slide, subcaption_embeds, subcaption_keys)
+                exclusion = region_exclusion_loss(weights, discriminability, subcaption_keys)
                 loss_region = loss_region + config.region_exclusion_weight * exclusion
             loss = loss + config.region_loss_weight * loss_region
         return loss, loss_slide, loss_region
 
-    def _region_exclusion(
+    @torch.no_grad()
+    def _discriminability(
         self, slide: PathFLIPSlideOutput, subcaption_embeds: torch.Tensor, subcaption_keys: torch.Tensor
     ) -> torch.Tensor:
-        """`region_exclusion_loss` over the local batch: each subcaption scored on every local slide (no gradient)
-        for its discriminability, then its own slide's attention maps."""
-        batch, num_sub, _ = subcaption_embeds.shape
-        with torch.no_grad():
-            texts = subcaption_embeds.reshape(batch * num_sub, -1)
-            conditioned, _ = self.get_text_conditioned_region_features(
-                texts, slide.region_embeds, slide.region_attention_mask
-            )
-            scores = nn.functional.cosine_similarity(conditioned, texts[None], dim=-1)  # [B, B * K]
-            discriminability = subcaption_discriminability(scores, subcaption_keys)
-        _, weights = self.get_text_conditioned_region_features(
-            subcaption_embeds, slide.region_embeds, slide.region_attention_mask
-        )
-        return region_exclusion_loss(weights, discriminability, subcaption_keys)
+        """`subcaption_discriminability` over the local batch: each subcaption scored on every local slide."""
+        texts = subcaption_embeds.flatten(0, 1)
+        regions, mask = slide.region_embeds, slide.region_attention_mask
+        conditioned, _ = self.get_text_conditioned_region_features(texts, regions, mask)
+        scores = nn.functional.cosine_similarity(conditioned, texts[None], dim=-1)  # [B, B * K]
+        return subcaption_discriminability(scores, subcaption_keys)
 
 
 def text_model_without_pooler(text_config) -> PreTrainedModel:
