@@ -142,19 +142,7 @@ def region_subcaption_sigmoid_loss(
         subcaption_keys = subcaption_keys[own_slide]
     all_keys = gather_no_grad(subcaption_keys)  # [G, K]
 
-    if negatives == "all":
-        index = torch.arange(global_batch * num_sub, device=region_embeds.device).expand(batch, -1)
-        weights = torch.ones(index.shape, device=index.device)
-    elif negatives == "one_per_slide":
-        pick = torch.randint(num_sub, (global_batch,), device=region_embeds.device)
-        own = own_slide[:, None] * num_sub + torch.arange(num_sub, device=pick.device)  # [B, K]
-        picked = torch.arange(global_batch, device=pick.device) * num_sub + pick  # [G]
-        index = torch.cat([own, picked[None].expand(batch, -1)], dim=1)
-        # A slide's own pick is neither a positive nor a negative: leave it out of the mean.
-        not_self = torch.arange(global_batch, device=pick.device)[None, :] != own_slide[:, None]
-        weights = torch.cat([torch.ones(batch, num_sub, device=pick.device), not_self.float()], dim=1)
-    else:
-        raise ValueError(f"Unknown region_negatives {negatives!r}; use 'all' or 'one_per_slide'.")
+    index, weights = _candidate_index(negatives, own_slide, global_batch, num_sub)
     candidates = all_subcaptions.reshape(global_batch * num_sub, dim)[index]  # [B, C, E]
     # +1 where slide i wrote that very text
     same = (all_keys.reshape(-1)[index][..., None] == subcaption_keys[:, None, :]).any(dim=-1)
@@ -174,6 +162,26 @@ def region_subcaption_sigmoid_loss(
     if reduction == "authors":
         return ((losses * weights).sum(dim=1) / (num_sub + global_batch - 1)).mean()
     return (losses * weights).sum() / weights.sum()
+
+
+def _candidate_index(
+    negatives: str, own_slide: torch.Tensor, global_batch: int, num_sub: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each local slide's candidates as flat indices into the global ``[G * K]`` subcaptions, ``[B, C]``, and their
+    weights in the mean (0: neither positive nor negative)."""
+    batch, device = own_slide.shape[0], own_slide.device
+    if negatives == "all":
+        index = torch.arange(global_batch * num_sub, device=device).expand(batch, -1)
+        return index, torch.ones(index.shape, device=device)
+    if negatives == "one_per_slide":
+        pick = torch.randint(num_sub, (global_batch,), device=device)
+        own = own_slide[:, None] * num_sub + torch.arange(num_sub, device=device)  # [B, K]
+        picked = torch.arange(global_batch, device=device) * num_sub + pick  # [G]
+        index = torch.cat([own, picked[None].expand(batch, -1)], dim=1)
+        # A slide's own pick is neither a positive nor a negative: leave it out of the mean.
+        not_self = torch.arange(global_batch, device=device)[None, :] != own_slide[:, None]
+        return index, torch.cat([torch.ones(batch, num_sub, device=device), not_self.float()], dim=1)
+    raise ValueError(f"Unknown region_negatives {negatives!r}; use 'all' or 'one_per_slide'.")
 
 
 def _paraphrases(
