@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..eval.runner import evaluate_model, write_report
 from ..files import write_text
 from ..synthetic.cohort import FAMILIES
 from .options import ABLATIONS, DemoOptions
@@ -58,7 +57,7 @@ def _check(families: list[str], seeds: list[int], variants: list[str], num_slide
 
 def _run(folder: Path, family: str, seed: int, variant: str, num_slides: int) -> dict:
     """One run's held-out metrics: trained and evaluated unless its ``metrics.json`` already exists."""
-    from .alignment import build_dataset, train
+    from .alignment import build_dataset, evaluate, train
 
     ablation = None if variant == FULL else variant
     run_dir = folder / (FULL if ablation is None else f"ablation-{ablation}")
@@ -68,9 +67,7 @@ def _run(folder: Path, family: str, seed: int, variant: str, num_slides: int) ->
                           llm_steps=0, real_slides=None)  # fmt: skip
     dataset = build_dataset(options)
     model_dir = train(options, run_dir, len(dataset["train"][0]["features"][0]), len(dataset["train"]))
-    metrics = evaluate_model(model_dir, dataset["test"])
-    write_report(metrics, run_dir)
-    return metrics
+    return evaluate(model_dir, dataset, run_dir)
 
 
 def summarise(runs: list[dict]) -> dict:
