@@ -74,7 +74,8 @@ class PathFLIPConfig(_ServedPipelinesConfig):
             at 256-px patches).
         region_chunk_size (`int`): regions encoded per Q-Former call; bounds memory for any slide size.
         context_layers, context_heads, context_intermediate_size, context_dropout:
-            the transformer over [slide; regions] tokens.
+            the transformer over [slide; regions] tokens. ``context_layers=0`` leaves it out: the slide token is the
+            Q-Former's and each region token depends on its own patches only.
         embed_dim (`int`): joint slide/region/text embedding width.
         text_pooling (`str`): "cls" or "mean" pooling of the text tower.
         num_subcaptions (`int`): K, subcaptions per slide in the region loss.
@@ -223,13 +224,15 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         """Raise `ValueError` on values that cannot build a working model."""
         positive = (
             "patch_dim", "patch_projection_dim", "num_query_tokens", "region_grid_size", "region_chunk_size",
-            "context_layers", "context_heads", "context_intermediate_size", "embed_dim", "num_subcaptions",
-            "tra_heads",
+            "context_heads", "context_intermediate_size", "embed_dim", "num_subcaptions", "tra_heads",
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"PathFLIPConfig.{name} must be a positive integer, got {value!r}.")
+        layers = self.context_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ValueError(f"PathFLIPConfig.context_layers must be an integer >= 0 (0: no context), got {layers!r}.")
         if self.qformer_config.encoder_hidden_size != self.patch_projection_dim:
             raise ValueError(
                 f"qformer_config.encoder_hidden_size ({self.qformer_config.encoder_hidden_size}) must equal "

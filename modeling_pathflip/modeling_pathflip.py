@@ -136,14 +136,18 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         # eager weights cost O(N) memory like the keys themselves.
         self.qformer = Blip2QFormerModel._from_config(qformer_config, attn_implementation="eager")
         self.visual_projection = nn.Linear(qformer_config.hidden_size, config.embed_dim, bias=False)
-        context_layer = nn.TransformerEncoderLayer(
-            config.embed_dim,
-            config.context_heads,
-            config.context_intermediate_size,
-            config.context_dropout,
-            batch_first=True,
-        )
-        self.context_encoder = nn.TransformerEncoder(context_layer, config.context_layers, enable_nested_tensor=False)
+        self.context_encoder = None
+        if config.context_layers:
+            context_layer = nn.TransformerEncoderLayer(
+                config.embed_dim,
+                config.context_heads,
+                config.context_intermediate_size,
+                config.context_dropout,
+                batch_first=True,
+            )
+            self.context_encoder = nn.TransformerEncoder(
+                context_layer, config.context_layers, enable_nested_tensor=False
+            )
         self.text_model = text_model_without_pooler(config.text_config)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim, bias=False)
         self.text_region_attention = PathFLIPTextRegionAttention(config.embed_dim, config.tra_heads, config.tra_gate)
@@ -245,8 +249,10 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
             where = self.region_position_embedding(fourier_positions(region_positions.to(region_tokens.dtype)))
             region_tokens = region_tokens + where * region_attention_mask[..., None].to(where.dtype)
         tokens = torch.cat([slide_token[:, None], region_tokens], dim=1)
-        padding = torch.cat([torch.zeros_like(region_attention_mask[:, :1]), 1 - region_attention_mask.long()], 1)
-        contextual = self.context_encoder(tokens, src_key_padding_mask=padding.bool())
+        contextual = tokens
+        if self.context_encoder is not None:
+            padding = torch.cat([torch.zeros_like(region_attention_mask[:, :1]), 1 - region_attention_mask.long()], 1)
+            contextual = self.context_encoder(tokens, src_key_padding_mask=padding.bool())
         region_embeds = contextual[:, 1:] * region_attention_mask[..., None].to(contextual.dtype)
         return PathFLIPSlideOutput(
             slide_embeds=contextual[:, 0],

@@ -11,7 +11,7 @@ COHORT_FAMILIES = ["lesions", "hierarchical"]
 # pathflip.demo.options.ABLATIONS, spelled out for the same reason (a test keeps the two equal).
 ABLATION_NAMES = [
     "no-region-loss", "no-tra", "paraphrases-ignored", "sigmoid-tra", "subcaption-contrast",
-    "negatives-fixed-attention", "region-exclusion",
+    "negatives-fixed-attention", "region-exclusion", "no-context-negatives-fixed-attention",
 ]
 TRAIN_HELP = "pretrain or fine-tune with the HF Trainer (the same as train.py; `pathflip train --help` lists options)"
 

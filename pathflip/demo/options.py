@@ -21,6 +21,7 @@ ABLATIONS = {
     "subcaption-contrast": {"subcaption_contrast_weight": 1.0},
     "negatives-fixed-attention": {"region_negatives_steer_attention": False},
     "region-exclusion": {"region_exclusion_weight": 20.0},
+    "no-context-negatives-fixed-attention": {"context_layers": 0, "region_negatives_steer_attention": False},
 }
 
 

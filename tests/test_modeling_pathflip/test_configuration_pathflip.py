@@ -42,6 +42,8 @@ def _comparable(config):
         ({"region_negatives": "some"}, "region_negatives"),
         ({"use_slide_loss": False, "use_region_loss": False}, "At least one"),
         ({"num_query_tokens": 0}, "num_query_tokens"),
+        ({"context_layers": -1}, "context_layers must be an integer >= 0"),
+        ({"context_layers": 1.5}, "context_layers must be an integer >= 0"),
         ({"label_smoothing": 1.5}, "label_smoothing"),
     ],
 )

@@ -183,6 +183,26 @@ def test_ablation_switches(config_factory, processor, bag_factory, overrides):
     assert (output.loss_region is None) == (not model.config.use_region_loss)
 
 
+def test_without_context_a_region_token_depends_on_its_own_patches_only(
+    config_factory, processor, bag_factory, bag_inputs
+):
+    model = PathFLIPModel(config_factory(context_layers=0)).eval()
+    assert model.context_encoder is None
+    bag = bag_factory(0, 40)
+    layout = processor([bag], return_loss=False)
+    first_region = layout["region_patch_index"][0, 0]
+    others = torch.ones(40, dtype=torch.bool)
+    others[first_region[first_region >= 0]] = False
+    changed = {**bag, "features": torch.where(others[:, None], bag["features"] + 1.0, bag["features"])}
+    with torch.no_grad():
+        before = model.get_slide_features(**bag_inputs(layout))
+        after = model.get_slide_features(**bag_inputs(processor([changed], return_loss=False)))
+        output = model(**processor([bag_factory(i, 20) for i in range(3)]))
+    torch.testing.assert_close(after.region_embeds[0, 0], before.region_embeds[0, 0])
+    assert not torch.allclose(after.region_embeds[0, 1], before.region_embeds[0, 1])
+    assert torch.isfinite(output.loss)
+
+
 def test_mean_pooling_ablation_gives_uniform_region_weights(config_factory, processor, bag_factory, bag_inputs):
     model = PathFLIPModel(config_factory(use_text_region_attention=False)).eval()
     batch = processor([bag_factory(0, 40)], return_loss=False)
