@@ -12,6 +12,8 @@ REGION_NEGATIVE_MODES = ("all", "one_per_slide")
 REGION_LOSS_REDUCTIONS = ("mean", "authors")
 REGION_DUPLICATE_MODES = ("ignore", "positive")
 TRA_GATES = ("softmax", "sigmoid")
+# The grounding head's shape; `vocabulary_size` is added when a head is fitted (pathflip fit-grounding).
+GROUNDING_HEAD_DEFAULTS = {"members": 5, "hidden_size": 256, "embed_dim": 64, "paraphrase_threshold": 0.8}
 
 PAPER_QFORMER_CONFIG = {
     "hidden_size": 768,
@@ -122,6 +124,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
             bags, recorded by `train.py`), for the model card's input contract.
         patch_size_px (`int`, *optional*): the patch side in pixels the training bags were encoded at (recorded by
             `pathflip train` from extracted bags); with ``patch_size_um`` the pipelines tile slide files the same way.
+        grounding_head (`dict`, *optional*): the shape of a fitted patch-sentence grounding head (`members`,
+            `hidden_size`, `embed_dim`, `paraphrase_threshold`, `vocabulary_size`), set by `pathflip
+            fit-grounding`; when present, `get_grounding` reads sentences with it instead of the attention weights.
     """
 
     model_type = "pathflip"
@@ -173,6 +178,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         patch_encoder: str | None = None,
         patch_size_um: float | None = None,
         patch_size_px: int | None = None,
+        grounding_head: dict | None = None,
         **kwargs: Any,
     ):
         qformer_defaults = {**PAPER_QFORMER_CONFIG, "encoder_hidden_size": patch_projection_dim}
@@ -217,6 +223,9 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         self.patch_encoder = patch_encoder
         self.patch_size_um = patch_size_um
         self.patch_size_px = patch_size_px
+        if grounding_head is not None and not isinstance(grounding_head, dict):
+            raise ValueError(f"grounding_head must be None or a dict of its shape, got {grounding_head!r}.")
+        self.grounding_head = None if grounding_head is None else {**GROUNDING_HEAD_DEFAULTS, **grounding_head}
         self._validate()
         super().__init__(**kwargs)
 
@@ -275,6 +284,23 @@ class PathFLIPConfig(_ServedPipelinesConfig):
             raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}.")
         if self.logit_scale_max <= 0:
             raise ValueError(f"logit_scale_max must be > 0, got {self.logit_scale_max}.")
+        if self.grounding_head is not None:
+            _validate_grounding_head(self.grounding_head)
+
+
+def _validate_grounding_head(head: dict) -> None:
+    """Raise `ValueError` on a grounding head shape that cannot be built."""
+    unknown = set(head) - {*GROUNDING_HEAD_DEFAULTS, "vocabulary_size"}
+    if unknown:
+        raise ValueError(f"grounding_head has unknown keys {sorted(unknown)}; it takes "
+                         f"{sorted([*GROUNDING_HEAD_DEFAULTS, 'vocabulary_size'])}.")  # fmt: skip
+    for name in ("members", "hidden_size", "embed_dim", "vocabulary_size"):
+        value = head.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"grounding_head[{name!r}] must be a positive integer, got {value!r}.")
+    threshold = head["paraphrase_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -1.0 < threshold <= 1.0:
+        raise ValueError(f"grounding_head['paraphrase_threshold'] must be a cosine in (-1, 1], got {threshold!r}.")
 
 
 class PathFLIPGenerationConfig(_ServedPipelinesConfig):

@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 
 from .attention_pathflip import PathFLIPTextRegionAttention, mean_region_pooling
 from .configuration_pathflip import PathFLIPConfig
+from .grounding_head_pathflip import PathFLIPGroundingHead
 from .loss_pathflip import (
     region_exclusion_loss,
     region_subcaption_sigmoid_loss,
@@ -157,6 +158,9 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(0.0))
         self.region_logit_scale = nn.Parameter(torch.tensor(0.0))
         self.region_logit_bias = nn.Parameter(torch.tensor(0.0))
+        self.grounding_head = None
+        if config.grounding_head is not None and config.grounding_head.get("vocabulary_size"):
+            self.grounding_head = PathFLIPGroundingHead(config.patch_dim, config.embed_dim, **config.grounding_head)
         self.post_init()
 
     # ---- slide side -------------------------------------------------------------------------
@@ -314,6 +318,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         region_positions: torch.Tensor | None = None,
         slide_features: PathFLIPSlideOutput | None = None,
+        use_grounding_head: bool | None = None,
     ) -> PathFLIPGroundingOutput:
         """Score every patch of every bag for each text ``[T, S]``.
 
@@ -321,8 +326,13 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         weight over the region's patches (weight x patch count). Scores are aligned with the rows of
         ``patch_features`` (0 on padding). ``slide_features``: the output of ``get_slide_features(...,
         output_region_patch_weights=True)`` for the same bags, kept by a caller that grounds many texts in one
-        slide, so that only the texts are encoded.
+        slide, so that only the texts are encoded. A model with a fitted grounding head (`pathflip
+        fit-grounding`) scores patches with it instead (its probability of each patch's being what the text
+        describes); ``use_grounding_head=False`` keeps the attention weights, True requires the head.
         """
+        if use_grounding_head and self.grounding_head is None:
+            raise ValueError("use_grounding_head=True needs a model with a fitted grounding head; fit one with "
+                             "`pathflip fit-grounding`, or leave use_grounding_head unset.")  # fmt: skip
         slide = slide_features
         if slide is None or slide.region_patch_weights is None:
             slide = self.get_slide_features(
@@ -342,6 +352,9 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         rows = rows.expand(-1, region_scores.shape[1], -1)
         patch_scores = per_slot.new_zeros(batch, region_scores.shape[1], patch_features.shape[1])
         patch_scores = patch_scores.scatter_add(2, rows, per_slot.reshape(*rows.shape))
+        if self.grounding_head is not None and use_grounding_head is not False:
+            head_scores = self.grounding_head.probabilities(patch_features, text_embeds)
+            patch_scores = head_scores.to(patch_scores.dtype) * patch_attention_mask[:, None].to(patch_scores.dtype)
         return PathFLIPGroundingOutput(
             patch_scores=patch_scores, region_scores=region_scores, region_patch_weights=slide.region_patch_weights
         )

@@ -1,4 +1,4 @@
-"""Verbs on a trained model: heatmap, classify, retrieve, eval."""
+"""Verbs on a trained model: heatmap, classify, retrieve, fit-grounding, eval."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import model_reference, nonempty, positive_float, positive_int
+from .options import cosine, model_reference, nonempty, nonnegative_int, positive_float, positive_int
 
 
 def command_heatmap(args: argparse.Namespace) -> int:
@@ -97,6 +97,35 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_fit_grounding(args: argparse.Namespace) -> int:
+    """Fit a patch-sentence grounding head on the training bags of a trained model (its own weights stay as they
+    are) and save the model with it: `get_grounding`, `pathflip heatmap` and `pathflip eval` then use it."""
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_pathflip import PathFLIPModel, save_pretrained_with_pipelines
+
+    from ..files import atomic_path
+    from ..processing.bags import load_bag_dataset
+    from ..training.grounding_head import GroundingHeadOptions, fit_grounding_head
+
+    options = GroundingHeadOptions(members=args.members, steps=args.steps, slides_per_step=args.slides_per_step,
+                                   learning_rate=args.learning_rate, paraphrase_threshold=args.paraphrase_threshold,
+                                   presence_sharpness=args.presence_sharpness, seed=args.seed)  # fmt: skip
+    splits = load_bag_dataset(args.dataset, default_split=args.split)
+    if args.split not in splits:
+        raise ValueError(f"--split {args.split!r} is not a split of {args.dataset}; it has {list(splits)}.")
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    if not isinstance(model, PathFLIPModel):
+        raise ValueError(f"{args.model} holds a {type(model).__name__}; fit-grounding takes a PathFLIP alignment "
+                         "model (what pathflip train saves).")  # fmt: skip
+    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    fit_grounding_head(model, processor, splits[args.split], options=options, caption_column=args.caption_column)
+    with atomic_path(args.output) as folder:
+        save_pretrained_with_pipelines(model, processor, folder)
+    print(f"saved the model with its grounding head to {args.output}")
+    return 0
+
+
 def _pipeline(task: str, args: argparse.Namespace):
     """``transformers.pipeline(task, model=args.model)`` with the PathFLIP tasks registered."""
     from transformers import pipeline
@@ -124,7 +153,7 @@ def _model_input_arguments(parser: argparse.ArgumentParser, *, json_output: bool
 
 
 def add_verbs(commands) -> None:
-    """heatmap, classify, retrieve, eval: a trained model's pipelines and its evaluation."""
+    """heatmap, classify, retrieve, fit-grounding, eval: a trained model's pipelines, grounding head and evaluation."""
     heatmap = commands.add_parser("heatmap", help=command_heatmap.__doc__)
     heatmap.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
     heatmap.add_argument("input", help="a bag (.h5, extracted .safetensors, dataset folder) or a slide file")
@@ -154,6 +183,24 @@ def add_verbs(commands) -> None:
     retrieve.add_argument("--top-k", type=positive_int, default=5)
     _model_input_arguments(retrieve)
     retrieve.set_defaults(run=command_retrieve)
+
+    fit = commands.add_parser("fit-grounding", help=command_fit_grounding.__doc__)
+    fit.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
+    fit.add_argument("dataset", help="the feature-bag dataset the model was trained on (folder, parquet or Hub id)")
+    fit.add_argument("--split", default="train", help="split of a DatasetDict to fit on (default train)")
+    fit.add_argument("--output", "-o", required=True, help="folder for the model with its head")
+    fit.add_argument("--caption-column", default="caption", help="column of the captions (default caption)")
+    fit.add_argument("--members", type=positive_int, default=5, help="independently fitted heads averaged")
+    fit.add_argument("--steps", type=positive_int, default=400, help="optimisation steps")
+    fit.add_argument("--slides-per-step", type=positive_int, default=32)
+    fit.add_argument("--learning-rate", type=positive_float, default=2e-3)
+    fit.add_argument("--paraphrase-threshold", type=cosine, default=0.8,
+                     help="text cosine from which two sentences count as the same finding")
+    fit.add_argument("--presence-sharpness", type=positive_float, default=3.0,
+                     help="inverse temperature of the soft maximum over a slide's patches")
+    fit.add_argument("--seed", type=nonnegative_int, default=0)
+    fit.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
+    fit.set_defaults(run=command_fit_grounding)
 
     evaluate = commands.add_parser("eval", help=command_eval.__doc__)
     evaluate.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")

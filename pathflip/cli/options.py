@@ -29,6 +29,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def cosine(text: str) -> float:
+    value = _number(text)
+    if not -1 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a cosine in (-1, 1], got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = _whole(text)
     if value < 1:

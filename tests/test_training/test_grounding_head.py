@@ -1,0 +1,122 @@
+"""Fitting the patch-sentence grounding head: it places a lesion sentence and the background sentence every slide
+has, without patch labels (generated bags, see `lesion_world`), and it travels with the saved model."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from lesion_world import LESIONS, PATCH_LEVEL0, REGION, lesion_bag, patch_pool
+from sklearn.metrics import roc_auc_score
+
+from modeling_pathflip import BAG_INPUT_NAMES, PathFLIPModel, PathFLIPProcessor
+from pathflip.cli import main
+from pathflip.processing.encoders import StainTextureEncoder
+from pathflip.training.grounding_head import GroundingHeadOptions, fit_grounding_head
+
+# The untrained tiny text tower gives distinct sentences cosines close to 1: only identical texts are paraphrases.
+OPTIONS = GroundingHeadOptions(members=2, steps=150, slides_per_step=16, paraphrase_threshold=0.9999)
+
+
+def _bags(count: int, seed: int) -> list[dict]:
+    """Lesion bags, each with ``in_lesion``: which of its patches lie in the lesion its caption names."""
+    rng = np.random.default_rng(seed)
+    pool = patch_pool(30, rng)
+    bags = []
+    for index in range(count):
+        bag, region = lesion_bag(index, pool, rng)
+        bag["in_lesion"] = ((bag["coords"].numpy() // PATCH_LEVEL0 // REGION) == region).all(axis=1)
+        bags.append(bag)
+    return bags
+
+
+def _rows(bags: list[dict]) -> datasets.Dataset:
+    rows = [{"features": bag["features"].numpy(), "caption": bag["caption"]} for bag in bags]
+    return datasets.Dataset.from_list(rows)
+
+
+@pytest.fixture(scope="module")
+def fitted(tokenizer, config_factory):
+    torch.manual_seed(0)
+    config = config_factory(patch_dim=StainTextureEncoder.dim, region_grid_size=2, num_subcaptions=1)
+    model = PathFLIPModel(config).eval()
+    processor = PathFLIPProcessor.from_model_config(tokenizer, config)
+    fit_grounding_head(model, processor, _rows(_bags(64, seed=0)), options=OPTIONS)
+    return model, processor
+
+
+def _auroc_by_sentence(model, processor, bags, **options) -> dict[str, float]:
+    """Grounding AUROC of the lesion sentence and of "fibrous stroma." over held-out bags."""
+    scores, targets = {}, {}
+    for bag in bags:
+        lesion_sentence = bag["caption"].split(". ", 1)[1]
+        batch = processor([bag], return_loss=False)
+        texts = processor(text=["fibrous stroma.", lesion_sentence])
+        with torch.no_grad():
+            grounding = model.get_grounding(**{name: batch[name] for name in BAG_INPUT_NAMES}, **texts, **options)
+        in_lesion = bag["in_lesion"]
+        for text, patch_scores, target in zip(("fibrous stroma.", lesion_sentence), grounding.patch_scores[0],
+                                              (~in_lesion, in_lesion), strict=True):  # fmt: skip
+            scores.setdefault(text, []).append(patch_scores.numpy())
+            targets.setdefault(text, []).append(target)
+    return {text: roc_auc_score(np.concatenate(targets[text]), np.concatenate(scores[text])) for text in scores}
+
+
+def test_the_fitted_head_places_lesions_and_the_background_every_slide_has(fitted):
+    model, processor = fitted
+    held_out = _bags(16, seed=1)
+    figures = _auroc_by_sentence(model, processor, held_out)
+    assert set(figures) == {"fibrous stroma.", *(f"{text}." for text in LESIONS.values())}
+    assert min(figures.values()) >= 0.9, figures
+    attention = _auroc_by_sentence(model, processor, held_out, use_grounding_head=False)
+    assert attention["fibrous stroma."] < 0.75, "an untrained model's attention should not place the background"
+
+
+def test_the_head_is_saved_with_the_model_and_read_the_same(fitted, tmp_path, bag_factory):
+    model, processor = fitted
+    model.save_pretrained(tmp_path / "model")
+    loaded = PathFLIPModel.from_pretrained(tmp_path / "model").eval()
+    assert loaded.config.grounding_head["vocabulary_size"] == 5
+    bag = _bags(1, seed=2)[0]
+    batch = processor([bag], return_loss=False)
+    bag_inputs = {name: batch[name] for name in BAG_INPUT_NAMES}
+    texts = processor(text=["fibrous stroma.", "focal necrosis."])
+    with torch.no_grad():
+        before, after = model.get_grounding(**bag_inputs, **texts), loaded.get_grounding(**bag_inputs, **texts)
+    torch.testing.assert_close(after.patch_scores, before.patch_scores)
+    assert ((before.patch_scores > 0) & (before.patch_scores <= 1)).all()
+
+
+def test_use_grounding_head_true_needs_a_head(model, processor, bag_factory, bag_inputs):
+    batch = processor([bag_factory(0, 20)], return_loss=False)
+    with pytest.raises(ValueError, match="fit-grounding"):
+        model.get_grounding(**bag_inputs(batch), **processor(text=["tumour"]), use_grounding_head=True)
+
+
+def test_bad_datasets_and_options_are_refused_before_any_work(model, processor, bag_factory):
+    rows = _rows([bag_factory(i, 8) for i in range(3)])
+    with pytest.raises(ValueError, match="caption"):
+        fit_grounding_head(model, processor, rows.remove_columns("caption"), options=OPTIONS)
+    with pytest.raises(ValueError, match="no caption sentence"):
+        fit_grounding_head(model, processor, rows.map(lambda row: {"caption": " "}), options=OPTIONS)
+    with pytest.raises(ValueError, match="members"):
+        GroundingHeadOptions(members=0)
+    with pytest.raises(ValueError, match="paraphrase_threshold"):
+        GroundingHeadOptions(paraphrase_threshold=1.5)
+
+
+def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_path, model, processor, bag_factory,
+                                                                          capsys):  # fmt: skip
+    from modeling_pathflip import save_pretrained_with_pipelines
+    from pathflip.processing.bags import save_dataset, write_bags
+
+    save_pretrained_with_pipelines(model, processor, tmp_path / "model")
+    save_dataset(write_bags([bag_factory(i, 12) for i in range(4)], tmp_path / "bags.arrow", 16), tmp_path / "data")
+    arguments = ["fit-grounding", str(tmp_path / "model"), str(tmp_path / "data"), "-o", str(tmp_path / "fitted")]
+    assert main([*arguments, "--steps", "3", "--members", "1", "--split", "train"]) == 0
+    fitted = PathFLIPModel.from_pretrained(tmp_path / "fitted")
+    assert fitted.grounding_head is not None and fitted.config.grounding_head["members"] == 1
+    with pytest.raises(SystemExit, match="2"):  # argparse refuses the option before any work
+        main([*arguments, "--paraphrase-threshold", "2"])
+    assert "paraphrase-threshold" in capsys.readouterr().err
+    assert main([*arguments, "--caption-column", "report"]) == 2
+    assert "lacks the column(s) ['report']" in capsys.readouterr().err
