@@ -13,7 +13,7 @@ reads every patch as belonging to one of its slide's caption sentences:
 
 Scores are cosines of a patch MLP on the standardised frozen patch features and a text MLP on the model's text
 embeddings (standardised over the training vocabulary: a frozen tower gives unrelated sentences similar embeddings),
-averaged over a few independently initialised members. A query is read alone: its probability per
+averaged over a few independently initialised members. A query is read alone: its log-odds per
 patch against the training vocabulary, leaving out the vocabulary's near-paraphrases of the query.
 """
 
@@ -61,19 +61,21 @@ class PathFLIPGroundingHead(nn.Module):
         members = range(len(self.patch_towers))
         return torch.stack([self.member_scores(k, patch_features, text_embeds) for k in members]).mean(0)
 
-    def probabilities(self, patch_features: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """``[B, T, N]``: for each text alone, the probability of each patch's being what it describes, against
-        the vocabulary less the text's near-paraphrases (cosine of the text embeddings >= the threshold)."""
+    def log_odds(self, patch_features: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """``[B, T, N]``: for each text alone, the log-odds of each patch's being what it describes against the
+        vocabulary less the text's near-paraphrases (cosine of the text embeddings >= the threshold). Log-odds,
+        not probabilities: a probability saturates at 1 in float32 for every patch the text clearly describes,
+        which would tie them."""
         queries = F.normalize(text_embeds.float(), dim=-1)
         vocabulary = F.normalize(self.vocabulary.float(), dim=-1)
         query_scores = self.scores(patch_features, queries)  # [B, N, T]
         vocabulary_scores = self.scores(patch_features, vocabulary)  # [B, N, V]
         distinct = (queries @ vocabulary.T) < self.paraphrase_threshold  # [T, V]
-        probabilities = []
+        log_odds = []
         for text, keep in enumerate(distinct):  # one text at a time: [B, N, V] stays the largest tensor
-            competing = torch.cat([query_scores[..., text, None], vocabulary_scores[..., keep]], dim=-1)
-            probabilities.append((query_scores[..., text] - competing.logsumexp(-1)).exp())
-        return torch.stack(probabilities, dim=1)
+            competing = vocabulary_scores[..., keep].logsumexp(-1) if keep.any() else 0.0
+            log_odds.append(query_scores[..., text] - competing)
+        return torch.stack(log_odds, dim=1)
 
 
 def partial_label_loss(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

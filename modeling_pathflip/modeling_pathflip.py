@@ -327,8 +327,8 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         ``patch_features`` (0 on padding). ``slide_features``: the output of ``get_slide_features(...,
         output_region_patch_weights=True)`` for the same bags, kept by a caller that grounds many texts in one
         slide, so that only the texts are encoded. A model with a fitted grounding head (`pathflip
-        fit-grounding`) scores patches with it instead (its probability of each patch's being what the text
-        describes); ``use_grounding_head=False`` keeps the attention weights, True requires the head.
+        fit-grounding`) scores patches with it instead (the log-odds of each patch's being what the text describes,
+        0 on padding); ``use_grounding_head=False`` keeps the attention weights, True requires the head.
         """
         if use_grounding_head and self.grounding_head is None:
             raise ValueError("use_grounding_head=True needs a model with a fitted grounding head; fit one with "
@@ -353,7 +353,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         patch_scores = per_slot.new_zeros(batch, region_scores.shape[1], patch_features.shape[1])
         patch_scores = patch_scores.scatter_add(2, rows, per_slot.reshape(*rows.shape))
         if self.grounding_head is not None and use_grounding_head is not False:
-            head_scores = self.grounding_head.probabilities(patch_features, text_embeds)
+            head_scores = self.grounding_head.log_odds(patch_features, text_embeds)
             patch_scores = head_scores.to(patch_scores.dtype) * patch_attention_mask[:, None].to(patch_scores.dtype)
         return PathFLIPGroundingOutput(
             patch_scores=patch_scores, region_scores=region_scores, region_patch_weights=slide.region_patch_weights

@@ -29,8 +29,13 @@ class GroundingHeadOptions:
     weight_decay: float = 1e-2
     seed: int = 0
     presence_sharpness: float = 3.0
+    partial_label_weight: float = 1.0
+    presence_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        weights = (self.partial_label_weight, self.presence_weight)
+        if min(weights) < 0 or max(weights) <= 0:
+            raise ValueError(f"partial_label_weight and presence_weight must be >= 0 and not both 0, got {weights}.")
         for name in ("members", "hidden_size", "embed_dim", "steps", "slides_per_step"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -144,9 +149,10 @@ def _train(head: PathFLIPGroundingHead, bags: _CaptionedBags, vocabulary: torch.
             patch_slide = torch.cat([torch.full((len(f),), k) for k, f in enumerate(features)])
             scores = head.member_scores(member, torch.cat(features), vocabulary[bank])  # [N, S]
             slide_mentions = mentions[chosen][:, bank]
-            loss = loss + partial_label_loss(scores, slide_mentions[patch_slide])
-            loss = loss + presence_loss(scores, patch_slide, slide_mentions, head.presence_bias[member],
-                                  options.presence_sharpness)
+            partial_label = partial_label_loss(scores, slide_mentions[patch_slide])
+            presence = presence_loss(scores, patch_slide, slide_mentions, head.presence_bias[member],
+                                     options.presence_sharpness)  # fmt: skip
+            loss = loss + options.partial_label_weight * partial_label + options.presence_weight * presence
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -17,7 +17,7 @@ def test_a_query_competes_with_the_vocabulary_but_not_with_its_paraphrases():
     patches = torch.randn(1, 6, 8)
     query = torch.tensor([[2.0, 0, 0, 0]])  # a paraphrase of the first entry: only the second competes
     scores = head.scores(patches, torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))[0]
-    torch.testing.assert_close(head.probabilities(patches, query)[0, 0], scores.softmax(-1)[:, 0])
+    torch.testing.assert_close(head.log_odds(patches, query)[0, 0], scores[:, 0] - scores[:, 1])
 
 
 def test_partial_label_loss_is_minus_log_of_the_mass_on_the_candidates():

@@ -83,7 +83,7 @@ def test_the_head_is_saved_with_the_model_and_read_the_same(fitted, tmp_path, ba
     with torch.no_grad():
         before, after = model.get_grounding(**bag_inputs, **texts), loaded.get_grounding(**bag_inputs, **texts)
     torch.testing.assert_close(after.patch_scores, before.patch_scores)
-    assert ((before.patch_scores > 0) & (before.patch_scores <= 1)).all()
+    assert torch.isfinite(before.patch_scores).all()
 
 
 def test_use_grounding_head_true_needs_a_head(model, processor, bag_factory, bag_inputs):
