@@ -326,9 +326,8 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         weight over the region's patches (weight x patch count). Scores are aligned with the rows of
         ``patch_features`` (0 on padding). ``slide_features``: the output of ``get_slide_features(...,
         output_region_patch_weights=True)`` for the same bags, kept by a caller that grounds many texts in one
-        slide, so that only the texts are encoded. A model with a fitted grounding head (`pathflip
-        fit-grounding`) scores patches with it instead (the log-odds of each patch's being what the text describes,
-        0 on padding); ``use_grounding_head=False`` keeps the attention weights, True requires the head.
+        slide, so that only the texts are encoded. A fitted grounding head (`pathflip fit-grounding`) scores instead,
+        as log-odds (0 on padding); ``use_grounding_head=False`` keeps the attention weights, True requires a head.
         """
         if use_grounding_head and self.grounding_head is None:
             raise ValueError("use_grounding_head=True needs a model with a fitted grounding head; fit one with "

@@ -87,6 +87,9 @@ class _CaptionedBags:
         total = count = square = kept_bytes = 0
         for index in tqdm(range(len(self)), desc="patch statistics", leave=False):
             features = self.features(index)
+            if features.ndim != 2 or not len(features):
+                raise ValueError(f"row {index} of the dataset has no patch features (shape {tuple(features.shape)}); "
+                                 "leave slides without tissue out before fitting.")  # fmt: skip
             kept_bytes += features.numel() * features.element_size()
             if kept_bytes <= KEEP_BYTES:
                 self.kept[index] = features
@@ -99,9 +102,11 @@ class _CaptionedBags:
 @torch.no_grad()
 def text_embeddings(model: PathFLIPModel, processor, texts: list[str], batch_size: int = 64) -> torch.Tensor:
     """The model's normalised text embeddings of ``texts`` ``[T, E]``."""
-    chunks = [model.get_text_features(**processor(text=texts[start : start + batch_size]))
-              for start in range(0, len(texts), batch_size)]  # fmt: skip
-    return torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        encoded = processor(text=texts[start : start + batch_size])
+        chunks.append(model.get_text_features(**{name: value.to(model.device) for name, value in encoded.items()}))
+    return torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1).cpu()
 
 
 def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: GroundingHeadOptions | None = None,
@@ -120,8 +125,9 @@ def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: Gro
     mentions = torch.stack([paraphrases[own].any(0) for own in bags.sentences])  # [slides, V]
     shape = {"members": options.members, "hidden_size": options.hidden_size, "embed_dim": options.embed_dim,
              "paraphrase_threshold": options.paraphrase_threshold, "vocabulary_size": len(bags.vocabulary)}  # fmt: skip
-    torch.manual_seed(options.seed)
-    head = PathFLIPGroundingHead(model.config.patch_dim, vocabulary.shape[1], **shape)
+    with torch.random.fork_rng():  # the members' initialisation follows the seed; the caller's generator is left alone
+        torch.manual_seed(options.seed)
+        head = PathFLIPGroundingHead(model.config.patch_dim, vocabulary.shape[1], **shape)
     mean, std = bags.feature_statistics()
     head.feature_mean.copy_(mean)
     head.feature_std.copy_(std)

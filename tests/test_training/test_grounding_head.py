@@ -98,6 +98,10 @@ def test_bad_datasets_and_options_are_refused_before_any_work(model, processor, 
         fit_grounding_head(model, processor, rows.remove_columns("caption"), options=OPTIONS)
     with pytest.raises(ValueError, match="no caption sentence"):
         fit_grounding_head(model, processor, rows.map(lambda row: {"caption": " "}), options=OPTIONS)
+    with pytest.raises(ValueError, match="row 1 of the dataset has no patch features"):
+        empty = rows.map(lambda row, index: {"features": row["features"][:0] if index == 1 else row["features"]},
+                         with_indices=True)  # fmt: skip
+        fit_grounding_head(model, processor, empty, options=OPTIONS)
     with pytest.raises(ValueError, match="members"):
         GroundingHeadOptions(members=0)
     with pytest.raises(ValueError, match="paraphrase_threshold"):
