@@ -326,12 +326,15 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         weight over the region's patches (weight x patch count). Scores are aligned with the rows of
         ``patch_features`` (0 on padding). ``slide_features``: the output of ``get_slide_features(...,
         output_region_patch_weights=True)`` for the same bags, kept by a caller that grounds many texts in one
-        slide, so that only the texts are encoded. A fitted grounding head (`pathflip fit-grounding`) scores instead,
-        as log-odds (0 on padding); ``use_grounding_head=False`` keeps the attention weights, True requires a head.
+        slide, so that only the texts are encoded. A fitted grounding head (`pathflip fit-grounding`) scores instead
+        (log-odds, 0 on padding, no region scores); ``use_grounding_head=False`` keeps the attention weights.
         """
         if use_grounding_head and self.grounding_head is None:
             raise ValueError("use_grounding_head=True needs a model with a fitted grounding head; fit one with "
                              "`pathflip fit-grounding`, or leave use_grounding_head unset.")  # fmt: skip
+        if self.grounding_head is not None and use_grounding_head is not False:  # no attention pass to discard
+            scores = self.grounding_head.log_odds(patch_features, self.get_text_features(input_ids, attention_mask))
+            return PathFLIPGroundingOutput(patch_scores=scores * patch_attention_mask[:, None].to(scores.dtype))
         slide = slide_features
         if slide is None or slide.region_patch_weights is None:
             slide = self.get_slide_features(
@@ -351,9 +354,6 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         rows = rows.expand(-1, region_scores.shape[1], -1)
         patch_scores = per_slot.new_zeros(batch, region_scores.shape[1], patch_features.shape[1])
         patch_scores = patch_scores.scatter_add(2, rows, per_slot.reshape(*rows.shape))
-        if self.grounding_head is not None and use_grounding_head is not False:
-            head_scores = self.grounding_head.log_odds(patch_features, text_embeds)
-            patch_scores = head_scores.to(patch_scores.dtype) * patch_attention_mask[:, None].to(patch_scores.dtype)
         return PathFLIPGroundingOutput(
             patch_scores=patch_scores, region_scores=region_scores, region_patch_weights=slide.region_patch_weights
         )

@@ -80,12 +80,8 @@ def command_eval(args: argparse.Namespace) -> int:
 
     from ..eval.generation import evaluate_generation
     from ..eval.runner import evaluate_model, write_report
-    from ..processing.bags import load_bag_dataset
 
-    splits = load_bag_dataset(args.dataset, default_split=args.split)  # a folder, parquet files or a Hub id
-    if args.split not in splits:
-        raise ValueError(f"--split {args.split!r} is not a split of {args.dataset}; it has {list(splits)}.")
-    loaded = splits[args.split]
+    loaded = _dataset_split(args)
     model_type = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).model_type
     options = {"class_names": args.class_names, "trust_remote_code": args.trust_remote_code}
     if model_type == "pathflip_generation":
@@ -105,25 +101,32 @@ def command_fit_grounding(args: argparse.Namespace) -> int:
     from modeling_pathflip import PathFLIPModel, save_pretrained_with_pipelines
 
     from ..files import atomic_path
-    from ..processing.bags import load_bag_dataset
     from ..training.grounding_head import GroundingHeadOptions, fit_grounding_head
 
     options = GroundingHeadOptions(members=args.members, steps=args.steps, slides_per_step=args.slides_per_step,
                                    learning_rate=args.learning_rate, paraphrase_threshold=args.paraphrase_threshold,
                                    presence_sharpness=args.presence_sharpness, seed=args.seed)  # fmt: skip
-    splits = load_bag_dataset(args.dataset, default_split=args.split)
-    if args.split not in splits:
-        raise ValueError(f"--split {args.split!r} is not a split of {args.dataset}; it has {list(splits)}.")
+    dataset = _dataset_split(args)
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     if not isinstance(model, PathFLIPModel):
         raise ValueError(f"{args.model} holds a {type(model).__name__}; fit-grounding takes a PathFLIP alignment "
                          "model (what pathflip train saves).")  # fmt: skip
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    fit_grounding_head(model, processor, splits[args.split], options=options, caption_column=args.caption_column)
+    fit_grounding_head(model, processor, dataset, options=options, caption_column=args.caption_column)
     with atomic_path(args.output) as folder:
         save_pretrained_with_pipelines(model, processor, folder)
     print(f"saved the model with its grounding head to {args.output}")
     return 0
+
+
+def _dataset_split(args: argparse.Namespace):
+    """Split ``args.split`` of the bag dataset ``args.dataset`` (a folder, parquet files or a Hub id)."""
+    from ..processing.bags import load_bag_dataset
+
+    splits = load_bag_dataset(args.dataset, default_split=args.split)
+    if args.split not in splits:
+        raise ValueError(f"--split {args.split!r} is not a split of {args.dataset}; it has {list(splits)}.")
+    return splits[args.split]
 
 
 def _pipeline(task: str, args: argparse.Namespace):
