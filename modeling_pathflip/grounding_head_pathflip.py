@@ -89,9 +89,10 @@ def partial_label_loss(scores: torch.Tensor, candidates: torch.Tensor) -> torch.
 
 
 def presence_loss(scores: torch.Tensor, patch_slide: torch.Tensor, mentions: torch.Tensor, bias: torch.Tensor,
-                  sharpness: float) -> torch.Tensor:  # fmt: skip
+                  sharpness: float, known: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Binary cross-entropy of each (slide, sentence) pair's pooled patch score + ``bias`` against whether the
-    slide mentions the sentence. ``patch_slide`` ``[N]`` is each patch's slide index into ``mentions`` ``[B, S]``.
+    slide mentions the sentence. ``patch_slide`` ``[N]`` is each patch's slide index into ``mentions`` ``[B, S]``;
+    ``known`` ``[B, S]``, if given, is False for pairs left out (neither mentioned nor surely absent).
 
     Pooling is a log-mean-exp with inverse temperature ``sharpness``: the best patch alone (a max) gives every
     other patch of a lesion no gradient, so a lesion whose first best patch was wrong is never found.
@@ -102,4 +103,7 @@ def presence_loss(scores: torch.Tensor, patch_slide: torch.Tensor, mentions: tor
     summed = scores.new_zeros(mentions.shape).index_add(0, patch_slide, weights)
     counts = torch.bincount(patch_slide, minlength=mentions.shape[0]).to(scores.dtype)[:, None]
     pooled = peak + (summed / counts).log() / sharpness
-    return F.binary_cross_entropy_with_logits(pooled + bias, mentions.float())
+    losses = F.binary_cross_entropy_with_logits(pooled + bias, mentions.float(), reduction="none")
+    if known is None:
+        return losses.mean()
+    return (losses * known).sum() / known.sum().clamp_min(1)

@@ -6,7 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import cosine, model_reference, nonempty, nonnegative_int, positive_float, positive_int
+from .options import (
+    cosine,
+    model_reference,
+    nonempty,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def command_heatmap(args: argparse.Namespace) -> int:
@@ -103,9 +111,9 @@ def command_fit_grounding(args: argparse.Namespace) -> int:
     from ..files import atomic_path
     from ..training.grounding_head import GroundingHeadOptions, fit_grounding_head
 
-    options = GroundingHeadOptions(members=args.members, steps=args.steps, slides_per_step=args.slides_per_step,
-                                   learning_rate=args.learning_rate, paraphrase_threshold=args.paraphrase_threshold,
-                                   presence_sharpness=args.presence_sharpness, seed=args.seed)  # fmt: skip
+    chosen = ("members", "steps", "slides_per_step", "learning_rate", "paraphrase_threshold", "presence_sharpness",
+              "negative_threshold", "slide_noise", "seed")  # fmt: skip
+    options = GroundingHeadOptions(**{name: getattr(args, name) for name in chosen})
     dataset = _dataset_split(args)
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     if not isinstance(model, PathFLIPModel):
@@ -201,6 +209,10 @@ def add_verbs(commands) -> None:
                      help="text cosine from which two sentences count as the same finding")
     fit.add_argument("--presence-sharpness", type=positive_float, default=3.0,
                      help="inverse temperature of the soft maximum over a slide's patches")
+    fit.add_argument("--negative-threshold", type=cosine, default=0.3,
+                     help="a slide counts against a sentence only if none of its own sentences reaches this cosine")
+    fit.add_argument("--slide-noise", type=nonnegative_float, default=0.3,
+                     help="feature standard deviations of a random shift per slide and step (hides stain)")
     fit.add_argument("--seed", type=nonnegative_int, default=0)
     fit.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     fit.set_defaults(run=command_fit_grounding)

@@ -31,6 +31,13 @@ class GroundingHeadOptions:
     presence_sharpness: float = 3.0
     partial_label_weight: float = 1.0
     presence_weight: float = 1.0
+    # A slide counts against a sentence in the presence term only when none of its own sentences reaches this text
+    # cosine to it: the text tower puts many true paraphrases far below paraphrase_threshold ("a region of cell
+    # death", "an infarct-like necrotic area": 0.1-0.6), and each would otherwise be a false negative.
+    negative_threshold: float = 0.3
+    # Each step shifts every patch of a slide by one random offset of this many feature standard deviations, so that
+    # the head cannot recognise slides by their stain and learn the few slides of a rare wording by heart.
+    slide_noise: float = 0.3
 
     def __post_init__(self) -> None:
         weights = (self.partial_label_weight, self.presence_weight)
@@ -40,8 +47,11 @@ class GroundingHeadOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"grounding head option {name} must be a whole number >= 1, got {value!r}.")
-        if not -1.0 < self.paraphrase_threshold <= 1.0:
-            raise ValueError(f"paraphrase_threshold must be a cosine in (-1, 1], got {self.paraphrase_threshold!r}.")
+        for name in ("paraphrase_threshold", "negative_threshold"):
+            if not -1.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a cosine in (-1, 1], got {getattr(self, name)!r}.")
+        if not 0 <= self.slide_noise < float("inf"):
+            raise ValueError(f"slide_noise must be a number of standard deviations >= 0, got {self.slide_noise!r}.")
         if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.presence_sharpness > 0):
             raise ValueError(
                 "learning_rate and presence_sharpness must be > 0 and weight_decay >= 0, got "
@@ -121,8 +131,7 @@ def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: Gro
                          f"{model.config.patch_dim}; fit the head on the bags the model was trained on.")  # fmt: skip
     model.eval()
     vocabulary = text_embeddings(model, processor, bags.vocabulary)
-    paraphrases = vocabulary @ vocabulary.T >= options.paraphrase_threshold
-    mentions = torch.stack([paraphrases[own].any(0) for own in bags.sentences])  # [slides, V]
+    mentions, known = presence_targets(vocabulary, bags.sentences, options)
     shape = {"members": options.members, "hidden_size": options.hidden_size, "embed_dim": options.embed_dim,
              "paraphrase_threshold": options.paraphrase_threshold, "vocabulary_size": len(bags.vocabulary)}  # fmt: skip
     with torch.random.fork_rng():  # the members' initialisation follows the seed; the caller's generator is left alone
@@ -134,17 +143,29 @@ def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: Gro
     head.vocabulary.copy_(vocabulary)
     head.text_mean.copy_(vocabulary.mean(0))
     head.text_std.copy_(vocabulary.std(0, unbiased=False) + 1e-6)
-    _train(head, bags, vocabulary, mentions, options)
+    _train(head, bags, vocabulary, mentions, known, options)
     model.grounding_head = head.to(model.device).eval()
     model.config.grounding_head = shape
     return model
 
 
+def presence_targets(vocabulary: torch.Tensor, sentences: list[list[int]], options: GroundingHeadOptions
+                     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``[slides, V]``: whether each slide mentions each vocabulary sentence (itself or a paraphrase, cosine >=
+    ``paraphrase_threshold``), and whether that is known: mentioned, or no sentence of the slide reaches
+    ``negative_threshold``."""
+    similarity = vocabulary @ vocabulary.T
+    mentions = torch.stack([(similarity[own] >= options.paraphrase_threshold).any(0) for own in sentences])
+    near = torch.stack([(similarity[own] >= options.negative_threshold).any(0) for own in sentences])
+    return mentions, mentions | ~near
+
+
 def _train(head: PathFLIPGroundingHead, bags: _CaptionedBags, vocabulary: torch.Tensor, mentions: torch.Tensor,
-           options: GroundingHeadOptions) -> None:  # fmt: skip
+           known: torch.Tensor, options: GroundingHeadOptions) -> None:  # fmt: skip
     """All members at once, each on its own draw of slides per step (their losses do not share parameters)."""
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     draws = [torch.Generator().manual_seed(options.seed + member) for member in range(options.members)]
+    noise = torch.Generator().manual_seed(options.seed + options.members)
     head.train()
     for _ in tqdm(range(options.steps), desc="grounding head"):
         loss = 0.0
@@ -152,12 +173,16 @@ def _train(head: PathFLIPGroundingHead, bags: _CaptionedBags, vocabulary: torch.
             chosen = torch.randperm(len(bags), generator=draw)[: options.slides_per_step].tolist()
             bank = sorted({sentence for slide in chosen for sentence in bags.sentences[slide]})
             features = [bags.features(slide) for slide in chosen]
+            if options.slide_noise:
+                shifts = options.slide_noise * head.feature_std * torch.randn(len(chosen), len(head.feature_std),
+                                                                              generator=noise)  # fmt: skip
+                features = [patches + shift for patches, shift in zip(features, shifts, strict=True)]
             patch_slide = torch.cat([torch.full((len(f),), k) for k, f in enumerate(features)])
             scores = head.member_scores(member, torch.cat(features), vocabulary[bank])  # [N, S]
             slide_mentions = mentions[chosen][:, bank]
             partial_label = partial_label_loss(scores, slide_mentions[patch_slide])
             presence = presence_loss(scores, patch_slide, slide_mentions, head.presence_bias[member],
-                                     options.presence_sharpness)  # fmt: skip
+                                     options.presence_sharpness, known[chosen][:, bank])  # fmt: skip
             loss = loss + options.partial_label_weight * partial_label + options.presence_weight * presence
         optimizer.zero_grad()
         loss.backward()

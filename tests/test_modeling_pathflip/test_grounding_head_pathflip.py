@@ -42,6 +42,19 @@ def test_presence_loss_pools_each_slides_patches_by_log_mean_exp():
     assert (scores.grad[:2] != 0).all(), "every patch of a slide gets a gradient, not only the best one"
 
 
+def test_presence_loss_leaves_out_the_pairs_that_are_not_known():
+    scores = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0]])
+    patch_slide = torch.tensor([0, 0, 1])
+    mentions = torch.tensor([[True, False], [False, True]])
+    known = torch.tensor([[True, False], [True, True]])
+    bias = torch.tensor(-1.0)
+    every = F.binary_cross_entropy_with_logits(
+        torch.stack([torch.logsumexp(3 * scores[:2], 0) / 3 - torch.log(torch.tensor(2.0)) / 3, scores[2]]) + bias,
+        mentions.float(), reduction="none")  # fmt: skip
+    expected = every[known].mean()
+    torch.testing.assert_close(presence_loss(scores, patch_slide, mentions, bias, 3.0, known), expected)
+
+
 @pytest.mark.parametrize(
     "head, message",
     [

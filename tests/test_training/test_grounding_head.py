@@ -11,10 +11,12 @@ from sklearn.metrics import roc_auc_score
 from modeling_pathflip import BAG_INPUT_NAMES, PathFLIPModel, PathFLIPProcessor
 from pathflip.cli import main
 from pathflip.processing.encoders import StainTextureEncoder
-from pathflip.training.grounding_head import GroundingHeadOptions, fit_grounding_head
+from pathflip.training.grounding_head import GroundingHeadOptions, fit_grounding_head, presence_targets
 
-# The untrained tiny text tower gives distinct sentences cosines close to 1: only identical texts are paraphrases.
-OPTIONS = GroundingHeadOptions(members=2, steps=150, slides_per_step=16, paraphrase_threshold=0.9999)
+# The untrained tiny text tower gives distinct sentences cosines close to 1: only identical texts are paraphrases,
+# and every other slide is a presence negative.
+OPTIONS = GroundingHeadOptions(members=2, steps=150, slides_per_step=16, paraphrase_threshold=0.9999,
+                               negative_threshold=0.9999)  # fmt: skip
 
 
 def _bags(count: int, seed: int) -> list[dict]:
@@ -106,6 +108,33 @@ def test_bad_datasets_and_options_are_refused_before_any_work(model, processor, 
         GroundingHeadOptions(members=0)
     with pytest.raises(ValueError, match="paraphrase_threshold"):
         GroundingHeadOptions(paraphrase_threshold=1.5)
+    with pytest.raises(ValueError, match="negative_threshold"):
+        GroundingHeadOptions(negative_threshold=-1.0)
+    with pytest.raises(ValueError, match="slide_noise"):
+        GroundingHeadOptions(slide_noise=-0.5)
+
+
+def test_a_slide_is_a_presence_negative_only_when_none_of_its_sentences_is_near():
+    """Sentences 0 and 1 are paraphrases the text tower does not recognise (cosine 0.6): a slide that mentions
+    one is neither a positive nor a negative for the other; sentence 2 (cosine 0 to both) is a negative for it."""
+    vocabulary = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    options = GroundingHeadOptions(paraphrase_threshold=0.8, negative_threshold=0.3)
+    mentions, known = presence_targets(vocabulary, [[0], [2], [0, 2]], options)
+    assert mentions.tolist() == [[True, False, False], [False, False, True], [True, False, True]]
+    assert known.tolist() == [[True, False, True], [True, True, True], [True, False, True]]
+    mentions, known = presence_targets(vocabulary, [[0]], GroundingHeadOptions(negative_threshold=1.0))
+    assert known.all() and mentions.tolist() == [[True, False, False]]
+
+
+def test_fitting_is_repeatable_and_leaves_the_callers_random_generator_alone(model, processor, bag_factory):
+    rows = _rows([bag_factory(i, 8) for i in range(4)])
+    options = GroundingHeadOptions(members=1, steps=3, slides_per_step=2, slide_noise=1.0)
+    state = torch.random.get_rng_state()
+    first = fit_grounding_head(model, processor, rows, options=options).grounding_head.state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    second = fit_grounding_head(model, processor, rows, options=options).grounding_head.state_dict()
+    for name, value in first.items():
+        torch.testing.assert_close(second[name], value)
 
 
 def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_path, model, processor, bag_factory,
@@ -119,8 +148,9 @@ def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_p
     assert main([*arguments, "--steps", "3", "--members", "1", "--split", "train"]) == 0
     fitted = PathFLIPModel.from_pretrained(tmp_path / "fitted")
     assert fitted.grounding_head is not None and fitted.config.grounding_head["members"] == 1
-    with pytest.raises(SystemExit, match="2"):  # argparse refuses the option before any work
-        main([*arguments, "--paraphrase-threshold", "2"])
-    assert "paraphrase-threshold" in capsys.readouterr().err
+    for option, value in (("--paraphrase-threshold", "2"), ("--negative-threshold", "-1"), ("--slide-noise", "-1")):
+        with pytest.raises(SystemExit, match="2"):  # argparse refuses the option before any work
+            main([*arguments, option, value])
+        assert option in capsys.readouterr().err
     assert main([*arguments, "--caption-column", "report"]) == 2
     assert "lacks the column(s) ['report']" in capsys.readouterr().err
