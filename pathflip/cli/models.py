@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -111,9 +113,8 @@ def command_fit_grounding(args: argparse.Namespace) -> int:
     from ..files import atomic_path
     from ..training.grounding_head import GroundingHeadOptions, fit_grounding_head
 
-    chosen = ("members", "steps", "slides_per_step", "learning_rate", "paraphrase_threshold", "presence_sharpness",
-              "negative_threshold", "slide_noise", "seed")  # fmt: skip
-    options = GroundingHeadOptions(**{name: getattr(args, name) for name in chosen})
+    names = {field.name for field in dataclasses.fields(GroundingHeadOptions)}
+    options = GroundingHeadOptions(**{name: value for name, value in vars(args).items() if name in names})
     dataset = _dataset_split(args)
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     if not isinstance(model, PathFLIPModel):
@@ -201,19 +202,21 @@ def add_verbs(commands) -> None:
     fit.add_argument("--split", default="train", help="split of a DatasetDict to fit on (default train)")
     fit.add_argument("--output", "-o", required=True, help="folder for the model with its head")
     fit.add_argument("--caption-column", default="caption", help="column of the captions (default caption)")
-    fit.add_argument("--members", type=positive_int, default=5, help="independently fitted heads averaged")
-    fit.add_argument("--steps", type=positive_int, default=400, help="optimisation steps")
-    fit.add_argument("--slides-per-step", type=positive_int, default=32)
-    fit.add_argument("--learning-rate", type=positive_float, default=2e-3)
-    fit.add_argument("--paraphrase-threshold", type=cosine, default=0.8,
-                     help="text cosine from which two sentences count as the same finding")
-    fit.add_argument("--presence-sharpness", type=positive_float, default=3.0,
-                     help="inverse temperature of the soft maximum over a slide's patches")
-    fit.add_argument("--negative-threshold", type=cosine, default=0.3,
-                     help="a slide counts against a sentence only if none of its own sentences reaches this cosine")
-    fit.add_argument("--slide-noise", type=nonnegative_float, default=0.3,
-                     help="feature standard deviations of a random shift per slide and step (hides stain)")
-    fit.add_argument("--seed", type=nonnegative_int, default=0)
+    # The head's options default to GroundingHeadOptions' own (SUPPRESS: only options given reach it).
+    head_option = functools.partial(fit.add_argument, default=argparse.SUPPRESS)
+    head_option("--members", type=positive_int, help="independently fitted heads averaged (default 5)")
+    head_option("--steps", type=positive_int, help="optimisation steps (default 400)")
+    head_option("--slides-per-step", type=positive_int, help="default 32")
+    head_option("--learning-rate", type=positive_float, help="default 2e-3")
+    head_option("--paraphrase-threshold", type=cosine,
+                help="text cosine from which two sentences count as the same finding (default 0.8)")
+    head_option("--presence-sharpness", type=positive_float,
+                help="inverse temperature of the soft maximum over a slide's patches (default 3)")
+    head_option("--negative-threshold", type=cosine,
+                help="a slide counts against a sentence only if none of its own sentences reaches this cosine (0.3)")
+    head_option("--slide-noise", type=nonnegative_float,
+                help="feature standard deviations of a random shift per slide and step, hiding stain (default 0.3)")
+    head_option("--seed", type=nonnegative_int, help="default 0")
     fit.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     fit.set_defaults(run=command_fit_grounding)
 
