@@ -20,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 import modeling_pathflip  # noqa: F401  (registers the PathFLIP tasks with transformers.pipeline)
-from modeling_pathflip.pipeline_pathflip import prompt_ensemble_embeddings
+from modeling_pathflip.pipeline_pathflip import reads_patches_for_zero_shot, zero_shot_logits
 
 from ..files import write_text
 from ..processing.bags import check_columns
-from .metrics import classification_metrics, grounding_metrics, retrieval_metrics, zero_shot_probabilities
-from .spec import METRICS, ZERO_SHOT_TEMPLATES, zero_shot_logit_scale
+from .metrics import classification_metrics, grounding_metrics, retrieval_metrics
+from .spec import METRICS, ZERO_SHOT_TEMPLATES
 
 
 def evaluate_model(
@@ -50,10 +50,14 @@ def evaluate_model(
     rows = dataset.with_format("numpy")
     columns = set(dataset.column_names)
     labels = zero_shot_labels(dataset, label_column, class_names)
-    slide_embeds, scores, targets = [], [], []
+    prompts = None if labels is None else prompt_embeddings(model, processor, labels[1], list(templates))
+    from_patches = labels is not None and reads_patches_for_zero_shot(model)
+    slide_embeds, class_logits, scores, targets = [], [], [], []
     types: list[str] | None = [] if "grounding_types" in columns else None
     for row in tqdm(rows, desc="evaluating", unit="slide"):
         slide_embeds.append(extractor(row)["slide_embedding"].numpy())
+        if from_patches:
+            class_logits.append(_zero_shot_logits_from_patches(model, processor, row, prompts, len(templates)))
         if {"grounding_sentences", "grounding_targets"} <= columns and len(row["grounding_sentences"]):
             results = grounder(row, sentences=[str(sentence) for sentence in row["grounding_sentences"]])
             scores += [result["patch_scores"].numpy() for result in results]
@@ -64,7 +68,9 @@ def evaluate_model(
     metrics: dict[str, float] = {"slides": len(slide_embeds)}
     if "caption" in columns:
         metrics.update(retrieval_metrics(slide_embeds, _text_embeddings(model, processor, list(dataset["caption"]))))
-    if labels is not None:
+    if from_patches:
+        metrics.update(zero_shot_scores(np.concatenate(class_logits), labels[0]))
+    elif labels is not None:
         metrics.update(zero_shot_metrics(model, processor, slide_embeds, labels[0], labels[1], templates))
     if scores:
         metrics.update(grounding_metrics(scores, targets, types))
@@ -125,19 +131,34 @@ def zero_shot_metrics(
     model, processor, slide_embeds: np.ndarray, labels, class_names: Sequence[str],
     templates: Sequence[str] = ZERO_SHOT_TEMPLATES,
 ) -> dict[str, float]:  # fmt: skip
-    """``zero_shot_*`` metrics of slide embeddings against class-prompt embeddings, at the model's logit scale."""
-    classes = class_prompt_embeddings(model, processor, list(class_names), list(templates))
-    probabilities = zero_shot_probabilities(slide_embeds, classes, zero_shot_logit_scale(model))
-    scores = classification_metrics(probabilities, np.asarray(labels))
+    """``zero_shot_*`` metrics of slide embeddings against class-prompt embeddings, at the model's logit scale (a
+    grounding head, if the model has one, is not read: the slide embeddings are what is scored)."""
+    prompts = prompt_embeddings(model, processor, list(class_names), list(templates))
+    with torch.no_grad():
+        slides = torch.as_tensor(slide_embeds, device=prompts.device, dtype=prompts.dtype)
+        logits = zero_shot_logits(model, prompts, len(templates), slide_embeds=slides, use_grounding_head=False)
+    return zero_shot_scores(logits.float().cpu().numpy(), labels)
+
+
+def zero_shot_scores(logits: np.ndarray, labels) -> dict[str, float]:
+    """``zero_shot_*`` metrics of class logits ``[slides, classes]`` (softmax probabilities) against the labels."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    scores = classification_metrics(shifted / shifted.sum(axis=1, keepdims=True), np.asarray(labels))
     return {f"zero_shot_{key}": value for key, value in scores.items()}
 
 
 @torch.no_grad()
-def class_prompt_embeddings(model, processor, class_names: list[str], templates: list[str]) -> np.ndarray:
-    """One unit embedding per class from a prompt ensemble (the zero-shot pipeline's computation)."""
+def _zero_shot_logits_from_patches(model, processor, row, prompts: torch.Tensor, num_templates: int) -> np.ndarray:
+    batch = processor([row], return_loss=False)
+    bag = {name: batch[name].to(model.device) for name in processor.bag_input_names}
+    return zero_shot_logits(model, prompts, num_templates, bag=bag).float().cpu().numpy()
+
+
+@torch.no_grad()
+def prompt_embeddings(model, processor, class_names: list[str], templates: list[str]) -> torch.Tensor:
+    """The text embeddings ``[C * T, E]`` of every class's prompts, class major (what `zero_shot_logits` reads)."""
     prompts = [template.format(name) for name in class_names for template in templates]
-    tokens = processor(text=prompts).to(model.device)
-    return prompt_ensemble_embeddings(model, tokens, len(templates)).float().cpu().numpy()
+    return model.get_text_features(**processor(text=prompts).to(model.device))
 
 
 def markdown_table(runs: dict[str, dict[str, float]]) -> str:

@@ -1,4 +1,4 @@
-"""The evaluation spec: zero-shot prompts and scale, and every metric's name, label and Hub card entry.
+"""The evaluation spec: zero-shot prompts, and every metric's name, label and Hub card entry.
 
 `pathflip eval`, the evaluation inside `pathflip train` and the model cards all read this module, so their
 figures are computed the same way and carry the same names.
@@ -10,12 +10,6 @@ from dataclasses import dataclass
 
 # Class prompts of the zero-shot evaluation: '{}' is the class name; the class embedding averages the prompts.
 ZERO_SHOT_TEMPLATES = ("{}.", "Diagnosis: {}.", "The findings are consistent with {}.")
-
-
-def zero_shot_logit_scale(model) -> float:
-    """The scale of the zero-shot softmax: the model's own (PathFLIP: its learned inverse temperature, clamped as in
-    training; PathFLIP2: its SigLIP scale)."""
-    return float(model.zero_shot_logit_scale().detach())
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ REGION_LOSS_REDUCTIONS = ("mean", "authors")
 REGION_DUPLICATE_MODES = ("ignore", "positive")
 TRA_GATES = ("softmax", "sigmoid")
 # The grounding head's shape; `vocabulary_size` is added when a head is fitted (pathflip fit-grounding).
-GROUNDING_HEAD_DEFAULTS = {"members": 5, "hidden_size": 256, "embed_dim": 64, "paraphrase_threshold": 0.8}
+GROUNDING_HEAD_DEFAULTS = {"members": 5, "hidden_size": 256, "embed_dim": 64, "paraphrase_threshold": 0.8,
+                           "presence_sharpness": 3.0, "presence_pooling": "mixed"}  # fmt: skip
 
 PAPER_QFORMER_CONFIG = {
     "hidden_size": 768,
@@ -125,8 +126,10 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         patch_size_px (`int`, *optional*): the patch side in pixels the training bags were encoded at (recorded by
             `pathflip train` from extracted bags); with ``patch_size_um`` the pipelines tile slide files the same way.
         grounding_head (`dict`, *optional*): the shape of a fitted patch-sentence grounding head (`members`,
-            `hidden_size`, `embed_dim`, `paraphrase_threshold`, `vocabulary_size`), set by `pathflip
-            fit-grounding`; when present, `get_grounding` reads sentences with it instead of the attention weights.
+            `hidden_size`, `embed_dim`, `paraphrase_threshold`, `vocabulary_size`, `presence_sharpness`,
+            `presence_pooling`), set by `pathflip fit-grounding`; when present, `get_grounding` reads sentences with
+            it instead of the attention weights, and zero-shot classification scores class prompts with its pooled
+            presence log-odds instead of the slide embedding.
     """
 
     model_type = "pathflip"
@@ -301,6 +304,12 @@ def _validate_grounding_head(head: dict) -> None:
     threshold = head["paraphrase_threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -1.0 < threshold <= 1.0:
         raise ValueError(f"grounding_head['paraphrase_threshold'] must be a cosine in (-1, 1], got {threshold!r}.")
+    sharpness = head["presence_sharpness"]
+    if isinstance(sharpness, bool) or not isinstance(sharpness, int | float) or not 0 < sharpness < float("inf"):
+        raise ValueError(f"grounding_head['presence_sharpness'] must be a number > 0, got {sharpness!r}.")
+    if head["presence_pooling"] not in ("mixed", "max"):
+        raise ValueError(f"grounding_head['presence_pooling'] must be 'mixed' or 'max', got "
+                         f"{head['presence_pooling']!r}.")  # fmt: skip
 
 
 class PathFLIPGenerationConfig(_ServedPipelinesConfig):

@@ -112,19 +112,42 @@ def check_option(name: str, value: Any) -> Any:
     return OPTION_CHECKS[name](name, value)
 
 
-def prompt_ensemble_embeddings(model, text_inputs: Mapping[str, Any], num_templates: int) -> torch.Tensor:
-    """Unit class embeddings ``[C, E]``: the mean of each class's normalised prompt embeddings.
-
-    ``text_inputs`` tokenises the prompts class-major (all templates of class 0, then class 1, ...).
-    """
-    texts = torch.nn.functional.normalize(model.get_text_features(**text_inputs), dim=-1)
+def prompt_ensemble_embeddings(prompt_embeds: torch.Tensor, num_templates: int) -> torch.Tensor:
+    """Unit class embeddings ``[C, E]``: the mean of each class's normalised prompt embeddings ``[C * T, E]`` (class
+    major: all templates of class 0, then class 1, ...)."""
+    texts = torch.nn.functional.normalize(prompt_embeds, dim=-1)
     return torch.nn.functional.normalize(texts.reshape(-1, num_templates, texts.shape[-1]).mean(dim=1), dim=-1)
 
 
-def zero_shot_logits(model, slide_embeds: torch.Tensor, text_inputs: Mapping[str, Any], num_templates: int):
-    """``[B, C]`` zero-shot logits of slides against class prompts (see `prompt_ensemble_embeddings`), at the
-    model's own zero-shot scale."""
-    classes = prompt_ensemble_embeddings(model, text_inputs, num_templates)
+def reads_patches_for_zero_shot(model) -> bool:
+    """Whether `zero_shot_logits` scores ``model``'s class prompts from a bag's patches (a fitted grounding head)
+    rather than from the slide embedding."""
+    return getattr(model, "grounding_head", None) is not None
+
+
+def zero_shot_logits(model, prompt_embeds: torch.Tensor, num_templates: int, *,
+                     slide_embeds: torch.Tensor | None = None, bag: Mapping[str, torch.Tensor] | None = None,
+                     use_grounding_head: bool | None = None) -> torch.Tensor:  # fmt: skip
+    """``[B, C]`` zero-shot logits of slides against class prompts ``prompt_embeds`` ``[C * T, E]`` (class major).
+
+    A model with a fitted grounding head reads the processor's ``bag`` tensors: each prompt's pooled presence
+    log-odds over the patches, averaged over the templates (the head pools an extent, an absence or a single finding
+    as each text needs; the slide embedding keeps neither small findings nor extents well). Otherwise
+    ``slide_embeds`` against the prompt ensemble's class embeddings, at the model's own zero-shot scale.
+    ``use_grounding_head=False`` keeps the slide embedding for a model with a head.
+    """
+    if use_grounding_head and not reads_patches_for_zero_shot(model):
+        raise ValueError("use_grounding_head=True needs a model with a fitted grounding head; fit one with "
+                         "`pathflip fit-grounding`, or leave use_grounding_head unset.")  # fmt: skip
+    if reads_patches_for_zero_shot(model) and use_grounding_head is not False:
+        if bag is None:
+            raise ValueError("a model with a grounding head scores zero-shot prompts from the bag; pass bag=, or "
+                             "use_grounding_head=False for the slide embedding.")  # fmt: skip
+        logits = model.grounding_head.presence_logits(bag["patch_features"], bag["patch_attention_mask"], prompt_embeds)
+        return logits.reshape(len(logits), -1, num_templates).mean(dim=-1)
+    if slide_embeds is None:
+        raise ValueError("zero_shot_logits needs the slides' embeddings; pass slide_embeds=.")
+    classes = prompt_ensemble_embeddings(prompt_embeds, num_templates).to(slide_embeds.dtype)
     return model.zero_shot_logit_scale() * torch.nn.functional.normalize(slide_embeds, dim=-1) @ classes.T
 
 
@@ -230,8 +253,10 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
         return batch
 
     def _forward(self, model_inputs):
-        slide = self.model.get_slide_features(**model_inputs["bag"]).slide_embeds
-        logits = zero_shot_logits(self.model, slide, model_inputs["text"], model_inputs["num_templates"])
+        bag = model_inputs["bag"]
+        slide = None if reads_patches_for_zero_shot(self.model) else self.model.get_slide_features(**bag).slide_embeds
+        prompts = self.model.get_text_features(**model_inputs["text"])
+        logits = zero_shot_logits(self.model, prompts, model_inputs["num_templates"], slide_embeds=slide, bag=bag)
         return {"logits": logits[0], "candidate_labels": model_inputs["candidate_labels"]}
 
     def postprocess(self, model_outputs, top_k=None):

@@ -105,7 +105,8 @@ def command_eval(args: argparse.Namespace) -> int:
 
 def command_fit_grounding(args: argparse.Namespace) -> int:
     """Fit a patch-sentence grounding head on the training bags of a trained model (its own weights stay as they
-    are) and save the model with it: `get_grounding`, `pathflip heatmap` and `pathflip eval` then use it."""
+    are) and save the model with it: grounding (`get_grounding`, `pathflip heatmap`) and zero-shot classification
+    then read it, in the pipelines and in `pathflip eval`."""
     from transformers import AutoModel, AutoProcessor
 
     from modeling_pathflip import PathFLIPModel, save_pretrained_with_pipelines
@@ -211,11 +212,15 @@ def add_verbs(commands) -> None:
     head_option("--paraphrase-threshold", type=cosine,
                 help="text cosine from which two sentences count as the same finding (default 0.8)")
     head_option("--presence-sharpness", type=positive_float,
-                help="inverse temperature of the soft maximum over a slide's patches (default 3)")
+                help="inverse temperature of the soft maximum and minimum over a slide's patches (default 3)")
     head_option("--negative-threshold", type=cosine,
-                help="a slide counts against a sentence only if none of its own sentences reaches this cosine (0.3)")
+                help="a slide counts against a sentence only if none of its own sentences reaches this cosine "
+                     "(default 0.45)")  # fmt: skip
     head_option("--slide-noise", type=nonnegative_float,
                 help="feature standard deviations of a random shift per slide and step, hiding stain (default 0.3)")
+    head_option("--presence-pooling", choices=["mixed", "max"],
+                help="mixed (default): each sentence pools its patch scores as its text says (a finding anywhere, an "
+                     "extent, an absence); max: every sentence by the soft maximum")  # fmt: skip
     head_option("--seed", type=nonnegative_int, help="default 0")
     fit.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     fit.set_defaults(run=command_fit_grounding)

@@ -10,7 +10,13 @@ from tqdm.auto import tqdm
 
 from modeling_pathflip import PathFLIPModel
 from modeling_pathflip.configuration_pathflip import GROUNDING_HEAD_DEFAULTS
-from modeling_pathflip.grounding_head_pathflip import PathFLIPGroundingHead, partial_label_loss, presence_loss
+from modeling_pathflip.grounding_head_pathflip import (
+    PRESENCE_POOLINGS,
+    PathFLIPGroundingHead,
+    partial_label_loss,
+    pooled_presence,
+    presence_loss,
+)
 from modeling_pathflip.subcaptions_pathflip import split_sentences
 
 
@@ -28,13 +34,18 @@ class GroundingHeadOptions:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-2
     seed: int = 0
-    presence_sharpness: float = 3.0
+    presence_sharpness: float = GROUNDING_HEAD_DEFAULTS["presence_sharpness"]
+    # "mixed": each sentence's pooling (soft maximum, mean or soft minimum) is read from its text; "max": every
+    # sentence pools by the soft maximum, which cannot tell an extent (a lymphoid sheet) or an absence (benign).
+    presence_pooling: str = GROUNDING_HEAD_DEFAULTS["presence_pooling"]
     partial_label_weight: float = 1.0
     presence_weight: float = 1.0
     # A slide counts against a sentence in the presence term only when none of its own sentences reaches this text
     # cosine to it: the text tower puts many true paraphrases far below paraphrase_threshold ("a region of cell
-    # death", "an infarct-like necrotic area": 0.1-0.6), and each would otherwise be a false negative.
-    negative_threshold: float = 0.3
+    # death", "an infarct-like necrotic area": 0.1-0.6), and each would otherwise be a false negative. Not lower:
+    # sentences of one template that differ in what they name ("Impression: lymphoma." and "Impression: invasive
+    # carcinoma.", 0.26-0.43) must stay negatives of each other for the pooled presence to tell classes apart.
+    negative_threshold: float = 0.45
     # Each step shifts every patch of a slide by one random offset of this many feature standard deviations, so that
     # the head cannot recognise slides by their stain and learn the few slides of a rare wording by heart.
     slide_noise: float = 0.3
@@ -50,6 +61,9 @@ class GroundingHeadOptions:
         for name in ("paraphrase_threshold", "negative_threshold"):
             if not -1.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a cosine in (-1, 1], got {getattr(self, name)!r}.")
+        if self.presence_pooling not in PRESENCE_POOLINGS:
+            raise ValueError(f"presence_pooling must be one of {list(PRESENCE_POOLINGS)}, got "
+                             f"{self.presence_pooling!r}.")  # fmt: skip
         if not 0 <= self.slide_noise < float("inf"):
             raise ValueError(f"slide_noise must be a number of standard deviations >= 0, got {self.slide_noise!r}.")
         if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.presence_sharpness > 0):
@@ -133,7 +147,9 @@ def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: Gro
     vocabulary = text_embeddings(model, processor, bags.vocabulary)
     mentions, known = presence_targets(vocabulary, bags.sentences, options)
     shape = {"members": options.members, "hidden_size": options.hidden_size, "embed_dim": options.embed_dim,
-             "paraphrase_threshold": options.paraphrase_threshold, "vocabulary_size": len(bags.vocabulary)}  # fmt: skip
+             "paraphrase_threshold": options.paraphrase_threshold, "vocabulary_size": len(bags.vocabulary),
+             "presence_sharpness": options.presence_sharpness,
+             "presence_pooling": options.presence_pooling}  # fmt: skip
     with torch.random.fork_rng():  # the members' initialisation follows the seed; the caller's generator is left alone
         torch.manual_seed(options.seed)
         head = PathFLIPGroundingHead(model.config.patch_dim, vocabulary.shape[1], **shape)
@@ -181,8 +197,9 @@ def _train(head: PathFLIPGroundingHead, bags: _CaptionedBags, vocabulary: torch.
             scores = head.member_scores(member, torch.cat(features), vocabulary[bank])  # [N, S]
             slide_mentions = mentions[chosen][:, bank]
             partial_label = partial_label_loss(scores, slide_mentions[patch_slide])
-            presence = presence_loss(scores, patch_slide, slide_mentions, head.presence_bias[member],
-                                     options.presence_sharpness, known[chosen][:, bank])  # fmt: skip
+            pooled = pooled_presence(scores, patch_slide, len(chosen), head.member_pooling(member, vocabulary[bank]),
+                                     options.presence_sharpness)  # fmt: skip
+            presence = presence_loss(pooled, slide_mentions, known[chosen][:, bank])
             loss = loss + options.partial_label_weight * partial_label + options.presence_weight * presence
         optimizer.zero_grad()
         loss.backward()

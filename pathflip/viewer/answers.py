@@ -141,8 +141,8 @@ def zero_shot(encodings: SlideEncodings, key: str, labels: Any) -> list[dict[str
     prompts = [template.format(label) for label in labels for template in ZERO_SHOT_TEMPLATES]
     texts = _texts(encodings, prompts)
     with encodings.model_lock, torch.inference_mode():
-        logits = zero_shot_logits(encodings.model, prepared.slide_features.slide_embeds, texts,
-                                  len(ZERO_SHOT_TEMPLATES))  # fmt: skip
+        logits = zero_shot_logits(encodings.model, encodings.model.get_text_features(**texts), len(ZERO_SHOT_TEMPLATES),
+                                  slide_embeds=prepared.slide_features.slide_embeds, bag=prepared.inputs)  # fmt: skip
     scores = logits[0].float().softmax(-1).tolist()
     return sorted(({"label": label, "score": score} for label, score in zip(labels, scores, strict=True)),
                   key=lambda item: -item["score"])  # fmt: skip

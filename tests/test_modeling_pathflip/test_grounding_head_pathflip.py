@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from modeling_pathflip.grounding_head_pathflip import partial_label_loss, presence_loss
+from modeling_pathflip.grounding_head_pathflip import partial_label_loss, pooled_presence, presence_loss
 
 
 def test_a_query_competes_with_the_vocabulary_but_not_with_its_paraphrases():
@@ -12,7 +12,8 @@ def test_a_query_competes_with_the_vocabulary_but_not_with_its_paraphrases():
 
     torch.manual_seed(0)
     head = PathFLIPGroundingHead(8, 4, members=2, hidden_size=16, embed_dim=4, vocabulary_size=2,
-                                 paraphrase_threshold=0.99)  # fmt: skip
+                                 paraphrase_threshold=0.99, presence_sharpness=3.0,
+                                 presence_pooling="mixed")  # fmt: skip
     head.vocabulary.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
     patches = torch.randn(1, 6, 8)
     query = torch.tensor([[2.0, 0, 0, 0]])  # a paraphrase of the first entry: only the second competes
@@ -28,31 +29,77 @@ def test_partial_label_loss_is_minus_log_of_the_mass_on_the_candidates():
     torch.testing.assert_close(partial_label_loss(scores, candidates), expected)
 
 
-def test_presence_loss_pools_each_slides_patches_by_log_mean_exp():
-    scores = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0]])  # 3 patches x 2 sentences
-    patch_slide = torch.tensor([0, 0, 1])
-    mentions = torch.tensor([[True, False], [False, True]])
-    sharpness, bias = 3.0, torch.tensor(-1.0)
-    first = torch.logsumexp(sharpness * scores[:2], 0) / sharpness - torch.log(torch.tensor(2.0)) / sharpness
-    pooled = torch.stack([first, scores[2]])
-    expected = F.binary_cross_entropy_with_logits(pooled + bias, mentions.float())
-    torch.testing.assert_close(presence_loss(scores, patch_slide, mentions, bias, sharpness), expected)
-    scores.requires_grad_(True)
-    presence_loss(scores, patch_slide, mentions, bias, sharpness).backward()
-    assert (scores.grad[:2] != 0).all(), "every patch of a slide gets a gradient, not only the best one"
+def _lme(values: torch.Tensor, sharpness: float) -> torch.Tensor:
+    return torch.logsumexp(sharpness * values, 0) / sharpness - torch.log(torch.tensor(float(len(values)))) / sharpness
+
+
+SCORES = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0]])  # 3 patches x 2 sentences; patches 0, 1 on slide 0
+PATCH_SLIDE = torch.tensor([0, 0, 1])
+
+
+@pytest.mark.parametrize("mix", [0, 1, 2])
+def test_pooled_presence_is_a_soft_maximum_a_mean_or_a_soft_minimum_plus_a_bias(mix):
+    logits = torch.full((2, 3), -torch.inf)
+    logits[:, mix] = 0.0
+    pooling = torch.cat([logits, torch.tensor([[-1.0], [2.0]])], dim=1)
+    pooled = pooled_presence(SCORES, PATCH_SLIDE, 2, pooling, 3.0)
+    pool = [lambda v: _lme(v, 3.0), lambda v: v.mean(0), lambda v: -_lme(-v, 3.0)][mix]
+    expected = torch.stack([pool(SCORES[:2]), SCORES[2]]) + torch.tensor([-1.0, 2.0])
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_pooled_presence_mixes_the_three_by_the_softmax_of_its_logits():
+    pooling = torch.tensor([[1.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    pooled = pooled_presence(SCORES[:2], torch.tensor([0, 0]), 1, pooling, 2.0)
+    weights = pooling[:, :3].softmax(-1)
+    pools = torch.stack([_lme(SCORES[:2], 2.0), SCORES[:2].mean(0), -_lme(-SCORES[:2], 2.0)], dim=1)  # [S, 3]
+    torch.testing.assert_close(pooled[0], (weights * pools).sum(1) + pooling[:, 3])
+    scores = SCORES[:2].clone().requires_grad_(True)
+    pooled_presence(scores, torch.tensor([0, 0]), 1, pooling, 2.0).sum().backward()
+    assert (scores.grad != 0).all(), "every patch of a slide gets a gradient, not only the best one"
 
 
 def test_presence_loss_leaves_out_the_pairs_that_are_not_known():
-    scores = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0]])
-    patch_slide = torch.tensor([0, 0, 1])
+    pooled = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
     mentions = torch.tensor([[True, False], [False, True]])
     known = torch.tensor([[True, False], [True, True]])
-    bias = torch.tensor(-1.0)
-    every = F.binary_cross_entropy_with_logits(
-        torch.stack([torch.logsumexp(3 * scores[:2], 0) / 3 - torch.log(torch.tensor(2.0)) / 3, scores[2]]) + bias,
-        mentions.float(), reduction="none")  # fmt: skip
-    expected = every[known].mean()
-    torch.testing.assert_close(presence_loss(scores, patch_slide, mentions, bias, 3.0, known), expected)
+    every = F.binary_cross_entropy_with_logits(pooled, mentions.float(), reduction="none")
+    torch.testing.assert_close(presence_loss(pooled, mentions, known), every[known].mean())
+    torch.testing.assert_close(presence_loss(pooled, mentions), every.mean())
+
+
+def _head(pooling: str = "mixed"):
+    from modeling_pathflip.grounding_head_pathflip import PathFLIPGroundingHead
+
+    torch.manual_seed(0)
+    head = PathFLIPGroundingHead(8, 4, members=2, hidden_size=16, embed_dim=4, vocabulary_size=2,
+                                 paraphrase_threshold=0.99, presence_sharpness=3.0,
+                                 presence_pooling=pooling)  # fmt: skip
+    for tower in head.pooling_towers:  # a pooling that depends on the text
+        torch.nn.init.normal_(tower[2].weight)
+    return head
+
+
+def test_presence_logits_average_the_members_and_ignore_padding():
+    head, texts = _head(), torch.randn(3, 4)
+    patches = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    logits = head.presence_logits(patches, mask, texts)
+    for slide, count in enumerate((5, 2)):
+        real = patches[slide, :count]
+        first = torch.zeros(count, dtype=torch.long)
+        expected = torch.stack([pooled_presence(head.member_scores(k, real, texts), first, 1,
+                                                head.member_pooling(k, texts), 3.0)[0] for k in range(2)]).mean(0)
+        torch.testing.assert_close(logits[slide], expected)
+    alone = head.presence_logits(patches[1:, :2], torch.ones(1, 2), texts)
+    torch.testing.assert_close(alone[0], logits[1])
+
+
+def test_max_pooling_keeps_only_the_soft_maximum_and_the_texts_bias():
+    head, texts = _head("max"), torch.randn(3, 4)
+    pooling = head.member_pooling(0, texts)
+    assert torch.equal(pooling[:, 1:3], torch.full((3, 2), -torch.inf))
+    assert torch.equal(pooling[:, 0], torch.zeros(3)) and pooling[:, 3].std() > 0
 
 
 @pytest.mark.parametrize(
@@ -61,6 +108,8 @@ def test_presence_loss_leaves_out_the_pairs_that_are_not_known():
         ("yes", "must be None or a dict"),
         ({"members": 0}, "members"),
         ({"paraphrase_threshold": 2}, "paraphrase_threshold"),
+        ({"presence_sharpness": 0}, "presence_sharpness"),
+        ({"presence_pooling": "mean"}, "presence_pooling"),
         ({"layers": 2}, "unknown keys"),
     ],
 )

@@ -88,6 +88,50 @@ def test_the_head_is_saved_with_the_model_and_read_the_same(fitted, tmp_path, ba
     assert torch.isfinite(before.patch_scores).all()
 
 
+def _extent_bags(count: int, seed: int) -> list[dict]:
+    """Lymphocytes over 3 of 64 patches ("small lymphoid aggregate.") or over 24 ("lymphoid sheet."): the same
+    tissue, told apart only by how much of the slide it covers."""
+    rng = np.random.default_rng(seed)
+    pool = patch_pool(30, rng)
+    bags = []
+    for index in range(count):
+        bag, _ = lesion_bag(0, pool, rng)
+        sheet = index % 2 == 0
+        chosen = rng.choice(len(bag["features"]), size=24 if sheet else 3, replace=False)
+        features = pool["stroma"][rng.integers(len(pool["stroma"]), size=len(bag["features"]))]
+        features[chosen] = pool["lymphocytes"][rng.integers(len(pool["lymphocytes"]), size=len(chosen))]
+        finding = "lymphoid sheet" if sheet else "small lymphoid aggregate"
+        bags.append({**bag, "features": features, "caption": f"fibrous stroma. {finding}.", "finding": finding})
+    return bags
+
+
+def test_zero_shot_reads_an_extent_with_the_heads_pooling(tokenizer, config_factory):
+    from transformers import pipeline
+
+    torch.manual_seed(0)
+    config = config_factory(patch_dim=StainTextureEncoder.dim, region_grid_size=2, num_subcaptions=1)
+    model = PathFLIPModel(config).eval()
+    processor = PathFLIPProcessor.from_model_config(tokenizer, config)
+    fit_grounding_head(model, processor, _rows(_extent_bags(48, seed=0)), options=OPTIONS)
+    classify = pipeline("zero-shot-slide-classification", model=model, processor=processor)
+    labels = ["lymphoid sheet", "small lymphoid aggregate"]
+    held_out = _extent_bags(16, seed=1)
+    results = classify(held_out, candidate_labels=labels, hypothesis_template="{}.")
+    correct = [result[0]["label"] == bag["finding"] for result, bag in zip(results, held_out, strict=True)]
+    assert np.mean(correct) >= 0.9, correct
+    with torch.no_grad():  # the pipeline's scores are the head's presence log-odds, not the slide embedding's
+        batch = processor([held_out[0]], return_loss=False)
+        prompts = model.get_text_features(**processor(text=[f"{label}." for label in labels]))
+        expected = model.grounding_head.presence_logits(batch["patch_features"], batch["patch_attention_mask"],
+                                                        prompts)[0].softmax(-1)  # fmt: skip
+        sheet = torch.stack([model.grounding_head.member_pooling(k, prompts[:1])[0, :3].softmax(-1)
+                             for k in range(OPTIONS.members)]).mean(0)  # fmt: skip
+    scores = {item["label"]: item["score"] for item in results[0]}
+    assert scores == pytest.approx(dict(zip(labels, expected.tolist(), strict=True)))
+    # Every text starts at mix (0.79, 0.11, 0.11); the soft maximum alone already grows a little with the extent.
+    assert sheet[1] > 0.25, f"the sheet sentence should move to the mean (an extent), got mix {sheet.tolist()}"
+
+
 def test_use_grounding_head_true_needs_a_head(model, processor, bag_factory, bag_inputs):
     batch = processor([bag_factory(0, 20)], return_loss=False)
     with pytest.raises(ValueError, match="fit-grounding"):
@@ -112,6 +156,8 @@ def test_bad_datasets_and_options_are_refused_before_any_work(model, processor, 
         GroundingHeadOptions(negative_threshold=-1.0)
     with pytest.raises(ValueError, match="slide_noise"):
         GroundingHeadOptions(slide_noise=-0.5)
+    with pytest.raises(ValueError, match="presence_pooling must be one of"):
+        GroundingHeadOptions(presence_pooling="mean")
 
 
 def test_a_slide_is_a_presence_negative_only_when_none_of_its_sentences_is_near():
@@ -148,7 +194,9 @@ def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_p
     assert main([*arguments, "--steps", "3", "--members", "1", "--split", "train"]) == 0
     fitted = PathFLIPModel.from_pretrained(tmp_path / "fitted")
     assert fitted.grounding_head is not None and fitted.config.grounding_head["members"] == 1
-    for option, value in (("--paraphrase-threshold", "2"), ("--negative-threshold", "-1"), ("--slide-noise", "-1")):
+    refused = (("--paraphrase-threshold", "2"), ("--negative-threshold", "-1"), ("--slide-noise", "-1"),
+               ("--presence-pooling", "mean"))  # fmt: skip
+    for option, value in refused:
         with pytest.raises(SystemExit, match="2"):  # argparse refuses the option before any work
             main([*arguments, option, value])
         assert option in capsys.readouterr().err
