@@ -84,6 +84,12 @@ def _templates(name: str, value: Any) -> list[str]:
     return templates
 
 
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False (or left out), got {value!r}.")
+    return value
+
+
 def _text_or_none(name: str, value: Any) -> str:
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise ValueError(f"{name} must be a non-empty name or path, got {value!r}.")
@@ -101,6 +107,7 @@ OPTION_CHECKS = {
     "patch_encoder": _text_or_none,
     "output_dir": _text_or_none,
     "slide": _text_or_none,
+    "use_grounding_head": _flag,
 }
 
 
@@ -235,13 +242,15 @@ class SlideFeatureExtractionPipeline(_SlidePipeline):
 
 
 class ZeroShotSlideClassificationPipeline(_SlidePipeline):
-    """bag + ``candidate_labels`` -> ``[{"label", "score"}]`` sorted, with a prompt ensemble."""
+    """bag + ``candidate_labels`` -> ``[{"label", "score"}]`` sorted, with a prompt ensemble. A model with a fitted
+    grounding head scores the prompts with it (see `zero_shot_logits`); ``use_grounding_head=False`` reads the slide
+    embedding instead."""
 
-    preprocess_options = ("candidate_labels", "hypothesis_template", "patch_encoder", "mpp")
+    preprocess_options = ("candidate_labels", "hypothesis_template", "patch_encoder", "mpp", "use_grounding_head")
     postprocess_options = ("top_k",)
 
     def preprocess(self, inputs, candidate_labels=None, hypothesis_template=DEFAULT_TEMPLATES, patch_encoder=None,
-                   mpp=None):  # fmt: skip
+                   mpp=None, use_grounding_head=None):  # fmt: skip
         if not candidate_labels:
             raise ValueError("candidate_labels must name at least one class, e.g. ['tumour', 'normal tissue'].")
         templates = _templates("hypothesis_template", hypothesis_template)
@@ -250,13 +259,16 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
         batch["text"] = dict(self.processor(text=prompts))
         batch["num_templates"] = len(templates)
         batch["candidate_labels"] = list(candidate_labels)
+        batch["use_grounding_head"] = use_grounding_head
         return batch
 
     def _forward(self, model_inputs):
-        bag = model_inputs["bag"]
-        slide = None if reads_patches_for_zero_shot(self.model) else self.model.get_slide_features(**bag).slide_embeds
+        bag, use_head = model_inputs["bag"], model_inputs["use_grounding_head"]
+        from_patches = reads_patches_for_zero_shot(self.model) and use_head is not False
+        slide = None if from_patches else self.model.get_slide_features(**bag).slide_embeds
         prompts = self.model.get_text_features(**model_inputs["text"])
-        logits = zero_shot_logits(self.model, prompts, model_inputs["num_templates"], slide_embeds=slide, bag=bag)
+        logits = zero_shot_logits(self.model, prompts, model_inputs["num_templates"], slide_embeds=slide, bag=bag,
+                                  use_grounding_head=use_head)  # fmt: skip
         return {"logits": logits[0], "candidate_labels": model_inputs["candidate_labels"]}
 
     def postprocess(self, model_outputs, top_k=None):

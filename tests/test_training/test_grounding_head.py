@@ -128,6 +128,15 @@ def test_zero_shot_reads_an_extent_with_the_heads_pooling(tokenizer, config_fact
                              for k in range(OPTIONS.members)]).mean(0)  # fmt: skip
     scores = {item["label"]: item["score"] for item in results[0]}
     assert scores == pytest.approx(dict(zip(labels, expected.tolist(), strict=True)))
+    slide_readout = classify(held_out[0], candidate_labels=labels, hypothesis_template="{}.", use_grounding_head=False)
+    with torch.no_grad():
+        slide = model.get_slide_features(**{name: batch[name] for name in BAG_INPUT_NAMES}).slide_embeds
+        cosines = torch.nn.functional.normalize(slide, dim=-1) @ torch.nn.functional.normalize(prompts, dim=-1).T
+        expected_slide = (model.zero_shot_logit_scale() * cosines)[0].softmax(-1)
+    scores = {item["label"]: item["score"] for item in slide_readout}
+    assert scores == pytest.approx(dict(zip(labels, expected_slide.tolist(), strict=True)))
+    with pytest.raises(ValueError, match="use_grounding_head must be True or False"):
+        classify(held_out[0], candidate_labels=labels, use_grounding_head="yes")
     # Every text starts at mix (0.79, 0.11, 0.11); the soft maximum alone already grows a little with the extent.
     assert sheet[1] > 0.25, f"the sheet sentence should move to the mean (an extent), got mix {sheet.tolist()}"
 
