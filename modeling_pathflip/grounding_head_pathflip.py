@@ -119,6 +119,13 @@ class PathFLIPGroundingHead(nn.Module):
         return torch.stack(log_odds, dim=1)
 
 
+def check_grounding_head_wanted(model, use_grounding_head: bool | None) -> None:
+    """Refuse ``use_grounding_head=True`` for a model without a fitted grounding head."""
+    if use_grounding_head and getattr(model, "grounding_head", None) is None:
+        raise ValueError("use_grounding_head=True needs a model with a fitted grounding head; fit one with "
+                         "`pathflip fit-grounding`, or leave use_grounding_head unset.")  # fmt: skip
+
+
 def pooled_presence(scores: torch.Tensor, patch_slide: torch.Tensor, num_slides: int, pooling: torch.Tensor,
                     sharpness: float) -> torch.Tensor:  # fmt: skip
     """``[num_slides, S]`` pooled log-odds of patch scores ``[N, S]`` (``patch_slide`` ``[N]``: each patch's slide).

@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 
 from .attention_pathflip import PathFLIPTextRegionAttention, mean_region_pooling
 from .configuration_pathflip import PathFLIPConfig
-from .grounding_head_pathflip import PathFLIPGroundingHead
+from .grounding_head_pathflip import PathFLIPGroundingHead, check_grounding_head_wanted
 from .loss_pathflip import (
     region_exclusion_loss,
     region_subcaption_sigmoid_loss,
@@ -329,9 +329,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         slide, so that only the texts are encoded. A fitted grounding head (`pathflip fit-grounding`) scores instead
         (log-odds, 0 on padding, no region scores); ``use_grounding_head=False`` keeps the attention weights.
         """
-        if use_grounding_head and self.grounding_head is None:
-            raise ValueError("use_grounding_head=True needs a model with a fitted grounding head; fit one with "
-                             "`pathflip fit-grounding`, or leave use_grounding_head unset.")  # fmt: skip
+        check_grounding_head_wanted(self, use_grounding_head)
         if self.grounding_head is not None and use_grounding_head is not False:  # no attention pass to discard
             scores = self.grounding_head.log_odds(patch_features, self.get_text_features(input_ids, attention_mask))
             return PathFLIPGroundingOutput(patch_scores=scores * patch_attention_mask[:, None].to(scores.dtype))

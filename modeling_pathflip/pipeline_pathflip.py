@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import Pipeline
 
+from .grounding_head_pathflip import check_grounding_head_wanted
 from .heatmap_pathflip import heatmap_raster, top_patches_geojson
 
 DEFAULT_TEMPLATES = ("{}.", "an H&E image of {}.", "a whole slide image showing {}.")
@@ -143,9 +144,7 @@ def zero_shot_logits(model, prompt_embeds: torch.Tensor, num_templates: int, *,
     ``slide_embeds`` against the prompt ensemble's class embeddings, at the model's own zero-shot scale.
     ``use_grounding_head=False`` keeps the slide embedding for a model with a head.
     """
-    if use_grounding_head and not reads_patches_for_zero_shot(model):
-        raise ValueError("use_grounding_head=True needs a model with a fitted grounding head; fit one with "
-                         "`pathflip fit-grounding`, or leave use_grounding_head unset.")  # fmt: skip
+    check_grounding_head_wanted(model, use_grounding_head)
     if reads_patches_for_zero_shot(model) and use_grounding_head is not False:
         if bag is None:
             raise ValueError("a model with a grounding head scores zero-shot prompts from the bag; pass bag=, or "
@@ -253,6 +252,7 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
                    mpp=None, use_grounding_head=None):  # fmt: skip
         if not candidate_labels:
             raise ValueError("candidate_labels must name at least one class, e.g. ['tumour', 'normal tissue'].")
+        check_grounding_head_wanted(self.model, use_grounding_head)
         templates = _templates("hypothesis_template", hypothesis_template)
         prompts = [template.format(label) for label in candidate_labels for template in templates]
         batch = self.bag_batch(inputs, patch_encoder, mpp)

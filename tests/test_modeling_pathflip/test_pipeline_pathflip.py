@@ -148,6 +148,12 @@ def test_a_slide_file_is_tiled_and_encoded(tmp_path, config_factory, tokenizer):
             ValueError,
             "'{}'",
         ),
+        (
+            "zero-shot-slide-classification",
+            {"candidate_labels": ["a"], "use_grounding_head": True},
+            ValueError,
+            "needs a model with a fitted grounding head",
+        ),
         ("slide-grounding", {"sentences": []}, ValueError, "non-empty"),
         ("slide-feature-extraction", {"colour": "red"}, TypeError, "unknown option"),
     ],
