@@ -36,14 +36,19 @@ def _rows(bags: list[dict]) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-@pytest.fixture(scope="module")
-def fitted(tokenizer, config_factory):
+def _fit_on_untrained_model(tokenizer, config_factory, bags: list[dict]):
+    """An untrained tiny model (its text tower still tells sentences apart) with a head fitted on ``bags``."""
     torch.manual_seed(0)
     config = config_factory(patch_dim=StainTextureEncoder.dim, region_grid_size=2, num_subcaptions=1)
     model = PathFLIPModel(config).eval()
     processor = PathFLIPProcessor.from_model_config(tokenizer, config)
-    fit_grounding_head(model, processor, _rows(_bags(64, seed=0)), options=OPTIONS)
+    fit_grounding_head(model, processor, _rows(bags), options=OPTIONS)
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def fitted(tokenizer, config_factory):
+    return _fit_on_untrained_model(tokenizer, config_factory, _bags(64, seed=0))
 
 
 def _auroc_by_sentence(model, processor, bags, **options) -> dict[str, float]:
@@ -108,11 +113,7 @@ def _extent_bags(count: int, seed: int) -> list[dict]:
 def test_zero_shot_reads_an_extent_with_the_heads_pooling(tokenizer, config_factory):
     from transformers import pipeline
 
-    torch.manual_seed(0)
-    config = config_factory(patch_dim=StainTextureEncoder.dim, region_grid_size=2, num_subcaptions=1)
-    model = PathFLIPModel(config).eval()
-    processor = PathFLIPProcessor.from_model_config(tokenizer, config)
-    fit_grounding_head(model, processor, _rows(_extent_bags(48, seed=0)), options=OPTIONS)
+    model, processor = _fit_on_untrained_model(tokenizer, config_factory, _extent_bags(48, seed=0))
     classify = pipeline("zero-shot-slide-classification", model=model, processor=processor)
     labels = ["lymphoid sheet", "small lymphoid aggregate"]
     held_out = _extent_bags(16, seed=1)
