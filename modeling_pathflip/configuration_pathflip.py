@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers import AutoConfig, Blip2QFormerConfig, PretrainedConfig
 
+from .grounding_head_pathflip import PRESENCE_POOLINGS
+
 TEXT_POOLING_MODES = ("cls", "mean")
 REGION_NEGATIVE_MODES = ("all", "one_per_slide")
 REGION_LOSS_REDUCTIONS = ("mean", "authors")
@@ -307,8 +309,8 @@ def _validate_grounding_head(head: dict) -> None:
     sharpness = head["presence_sharpness"]
     if isinstance(sharpness, bool) or not isinstance(sharpness, int | float) or not 0 < sharpness < float("inf"):
         raise ValueError(f"grounding_head['presence_sharpness'] must be a number > 0, got {sharpness!r}.")
-    if head["presence_pooling"] not in ("mixed", "max"):
-        raise ValueError(f"grounding_head['presence_pooling'] must be 'mixed' or 'max', got "
+    if head["presence_pooling"] not in PRESENCE_POOLINGS:
+        raise ValueError(f"grounding_head['presence_pooling'] must be one of {list(PRESENCE_POOLINGS)}, got "
                          f"{head['presence_pooling']!r}.")  # fmt: skip
 
 
