@@ -127,10 +127,10 @@ def prompt_ensemble_embeddings(prompt_embeds: torch.Tensor, num_templates: int) 
     return torch.nn.functional.normalize(texts.reshape(-1, num_templates, texts.shape[-1]).mean(dim=1), dim=-1)
 
 
-def reads_patches_for_zero_shot(model) -> bool:
-    """Whether `zero_shot_logits` scores ``model``'s class prompts from a bag's patches (a fitted grounding head)
-    rather than from the slide embedding."""
-    return getattr(model, "grounding_head", None) is not None
+def reads_patches_for_zero_shot(model, use_grounding_head: bool | None = None) -> bool:
+    """Whether `zero_shot_logits` scores ``model``'s class prompts from a bag's patches (a fitted grounding head,
+    unless ``use_grounding_head=False``) rather than from the slide embedding."""
+    return getattr(model, "grounding_head", None) is not None and use_grounding_head is not False
 
 
 def zero_shot_logits(model, prompt_embeds: torch.Tensor, num_templates: int, *,
@@ -145,7 +145,7 @@ def zero_shot_logits(model, prompt_embeds: torch.Tensor, num_templates: int, *,
     ``use_grounding_head=False`` keeps the slide embedding for a model with a head.
     """
     check_grounding_head_wanted(model, use_grounding_head)
-    if reads_patches_for_zero_shot(model) and use_grounding_head is not False:
+    if reads_patches_for_zero_shot(model, use_grounding_head):
         if bag is None:
             raise ValueError("a model with a grounding head scores zero-shot prompts from the bag; pass bag=, or "
                              "use_grounding_head=False for the slide embedding.")  # fmt: skip
@@ -264,7 +264,7 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
 
     def _forward(self, model_inputs):
         bag, use_head = model_inputs["bag"], model_inputs["use_grounding_head"]
-        from_patches = reads_patches_for_zero_shot(self.model) and use_head is not False
+        from_patches = reads_patches_for_zero_shot(self.model, use_head)
         slide = None if from_patches else self.model.get_slide_features(**bag).slide_embeds
         prompts = self.model.get_text_features(**model_inputs["text"])
         logits = zero_shot_logits(self.model, prompts, model_inputs["num_templates"], slide_embeds=slide, bag=bag,
