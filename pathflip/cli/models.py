@@ -221,6 +221,12 @@ def add_verbs(commands) -> None:
     head_option("--presence-pooling", choices=["mixed", "max"],
                 help="mixed (default): each sentence pools its patch scores as its text says (a finding anywhere, an "
                      "extent, an absence); max: every sentence by the soft maximum")  # fmt: skip
+    head_option("--partial-label-weight", type=nonnegative_float,
+                help="weight of the term that assigns each patch to one of its slide's sentences (default 1; 0 "
+                     "leaves it out)")  # fmt: skip
+    head_option("--presence-weight", type=nonnegative_float,
+                help="weight of the term that pools a sentence's patch scores into whether the slide mentions it "
+                     "(default 1; 0 leaves it out)")  # fmt: skip
     head_option("--seed", type=nonnegative_int, help="default 0")
     fit.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     fit.set_defaults(run=command_fit_grounding)

@@ -205,10 +205,14 @@ def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_p
     fitted = PathFLIPModel.from_pretrained(tmp_path / "fitted")
     assert fitted.grounding_head is not None and fitted.config.grounding_head["members"] == 1
     refused = (("--paraphrase-threshold", "2"), ("--negative-threshold", "-1"), ("--slide-noise", "-1"),
-               ("--presence-pooling", "mean"))  # fmt: skip
+               ("--presence-pooling", "mean"), ("--presence-weight", "-1"))  # fmt: skip
     for option, value in refused:
         with pytest.raises(SystemExit, match="2"):  # argparse refuses the option before any work
             main([*arguments, option, value])
         assert option in capsys.readouterr().err
     assert main([*arguments, "--caption-column", "report"]) == 2
     assert "lacks the column(s) ['report']" in capsys.readouterr().err
+    assert main([*arguments, "--partial-label-weight", "0", "--presence-weight", "0"]) == 2
+    assert "not both 0, got (0.0, 0.0)" in capsys.readouterr().err
+    one_term = ["--steps", "2", "--members", "1", "-o", str(tmp_path / "presence-only"), "--partial-label-weight", "0"]
+    assert main([*arguments, *one_term]) == 0
