@@ -16,7 +16,7 @@ REGION_DUPLICATE_MODES = ("ignore", "positive")
 TRA_GATES = ("softmax", "sigmoid")
 # The grounding head's shape; `vocabulary_size` is added when a head is fitted (pathflip fit-grounding).
 GROUNDING_HEAD_DEFAULTS = {"members": 5, "hidden_size": 256, "embed_dim": 64, "paraphrase_threshold": 0.8,
-                           "presence_sharpness": 3.0, "presence_pooling": "mixed"}  # fmt: skip
+                           "presence_sharpness": 3.0, "presence_pooling": "mixed", "attention_weight": 0.5}  # fmt: skip
 
 PAPER_QFORMER_CONFIG = {
     "hidden_size": 768,
@@ -129,9 +129,10 @@ class PathFLIPConfig(_ServedPipelinesConfig):
             `pathflip train` from extracted bags); with ``patch_size_um`` the pipelines tile slide files the same way.
         grounding_head (`dict`, *optional*): the shape of a fitted patch-sentence grounding head (`members`,
             `hidden_size`, `embed_dim`, `paraphrase_threshold`, `vocabulary_size`, `presence_sharpness`,
-            `presence_pooling`), set by `pathflip fit-grounding`; when present, `get_grounding` reads sentences with
-            it instead of the attention weights, and zero-shot classification scores class prompts with its pooled
-            presence log-odds instead of the slide embedding.
+            `presence_pooling`, `attention_weight`), set by `pathflip fit-grounding`; when present, `get_grounding`
+            reads sentences with it (and with the attention weights as much as `attention_weight` says: 0 leaves them
+            out), and zero-shot classification scores class prompts with its pooled presence log-odds instead of the
+            slide embedding.
     """
 
     model_type = "pathflip"
@@ -309,6 +310,9 @@ def _validate_grounding_head(head: dict) -> None:
     sharpness = head["presence_sharpness"]
     if isinstance(sharpness, bool) or not isinstance(sharpness, int | float) or not 0 < sharpness < float("inf"):
         raise ValueError(f"grounding_head['presence_sharpness'] must be a number > 0, got {sharpness!r}.")
+    weight = head["attention_weight"]
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+        raise ValueError(f"grounding_head['attention_weight'] must be a number >= 0, got {weight!r}.")
     if head["presence_pooling"] not in PRESENCE_POOLINGS:
         raise ValueError(f"grounding_head['presence_pooling'] must be one of {list(PRESENCE_POOLINGS)}, got "
                          f"{head['presence_pooling']!r}.")  # fmt: skip

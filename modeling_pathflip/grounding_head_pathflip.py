@@ -28,7 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 POOLING_HIDDEN_SIZE = 64
-PRESENCE_POOLINGS = ("mixed", "max")
+PRESENCE_POOLINGS = ("mixed", "max", "mean")
+# The (soft maximum, mean, soft minimum) mix logits of the poolings that do not read it from the text.
+_FIXED_MIXES = {"max": (0.0, -math.inf, -math.inf), "mean": (-math.inf, 0.0, -math.inf)}
 
 
 def _mlp(in_features: int, hidden_size: int, out_features: int) -> nn.Sequential:
@@ -41,7 +43,7 @@ class PathFLIPGroundingHead(nn.Module):
 
     def __init__(self, patch_dim: int, text_dim: int, *, members: int, hidden_size: int, embed_dim: int,
                  vocabulary_size: int, paraphrase_threshold: float, presence_sharpness: float,
-                 presence_pooling: str):  # fmt: skip
+                 presence_pooling: str, attention_weight: float):  # fmt: skip
         super().__init__()
         self.patch_towers = nn.ModuleList(_mlp(patch_dim, hidden_size, embed_dim) for _ in range(members))
         self.text_towers = nn.ModuleList(_mlp(text_dim, hidden_size, embed_dim) for _ in range(members))
@@ -56,6 +58,7 @@ class PathFLIPGroundingHead(nn.Module):
         self.paraphrase_threshold = paraphrase_threshold
         self.presence_sharpness = presence_sharpness
         self.presence_pooling = presence_pooling
+        self.attention_weight = attention_weight
         self.reset_pooling()
 
     def reset_pooling(self) -> None:
@@ -83,9 +86,9 @@ class PathFLIPGroundingHead(nn.Module):
     def member_pooling(self, member: int, text_embeds: torch.Tensor) -> torch.Tensor:
         """``[T, 4]``: how member ``member`` pools each text's patch scores (see `pooled_presence`)."""
         pooling = self.pooling_towers[member](self._standardised(text_embeds, self.text_mean.dtype))
-        if self.presence_pooling == "max":
-            pooling = torch.cat([pooling.new_tensor([0.0, -torch.inf, -torch.inf]).expand(len(pooling), 3),
-                                 pooling[:, 3:]], dim=-1)  # fmt: skip
+        if self.presence_pooling in _FIXED_MIXES:
+            mix = pooling.new_tensor(_FIXED_MIXES[self.presence_pooling]).expand(len(pooling), 3)
+            pooling = torch.cat([mix, pooling[:, 3:]], dim=-1)
         return pooling
 
     def presence_logits(self, patch_features: torch.Tensor, patch_attention_mask: torch.Tensor,
@@ -117,6 +120,25 @@ class PathFLIPGroundingHead(nn.Module):
             competing = vocabulary_scores[..., keep].logsumexp(-1) if keep.any() else 0.0
             log_odds.append(query_scores[..., text] - competing)
         return torch.stack(log_odds, dim=1)
+
+    def with_attention(self, log_odds: torch.Tensor, attention_scores: torch.Tensor,
+                       patch_attention_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """``[B, T, N]``: the head's log-odds plus ``attention_weight`` times their spread times the standardised log
+        of the model's attention scores (`PathFLIPModel.get_grounding` without the head), per slide and text over
+        the real patches (0 on padding). The head says which tissue a sentence describes; the attention, which
+        patches of it the model itself picks out: the sum keeps the first ranking and sharpens its peak. Scaled by
+        the head's own spread so that the result stays on the head's scale whatever the slide."""
+        real = patch_attention_mask[:, None].to(log_odds.dtype).expand_as(log_odds)
+        count = real.sum(-1, keepdim=True).clamp_min(1)
+
+        def centred_and_spread(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            centred = (values - (values * real).sum(-1, keepdim=True) / count) * real
+            return centred, (centred.square().sum(-1, keepdim=True) / count).sqrt()
+
+        log_attention = attention_scores.to(log_odds.dtype).clamp_min(torch.finfo(log_odds.dtype).tiny).log()
+        centred, spread = centred_and_spread(log_attention)
+        standardised = centred / spread.clamp_min(torch.finfo(log_odds.dtype).eps)
+        return (log_odds + self.attention_weight * centred_and_spread(log_odds)[1] * standardised) * real
 
 
 def check_grounding_head_wanted(model, use_grounding_head: bool | None) -> None:

@@ -326,19 +326,36 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         weight over the region's patches (weight x patch count). Scores are aligned with the rows of
         ``patch_features`` (0 on padding). ``slide_features``: the output of ``get_slide_features(...,
         output_region_patch_weights=True)`` for the same bags, kept by a caller that grounds many texts in one
-        slide, so that only the texts are encoded. A fitted grounding head (`pathflip fit-grounding`) scores instead
-        (log-odds, 0 on padding, no region scores); ``use_grounding_head=False`` keeps the attention weights.
+        slide, so that only the texts are encoded. A fitted grounding head (`pathflip fit-grounding`) scores instead:
+        its log-odds, plus the attention scores' evidence as the head's ``attention_weight`` sets (see
+        [`PathFLIPGroundingHead.with_attention`]; 0 on padding). ``use_grounding_head=False`` keeps the attention
+        scores alone.
         """
         check_grounding_head_wanted(self, use_grounding_head)
-        if self.grounding_head is not None and use_grounding_head is not False:  # no attention pass to discard
-            scores = self.grounding_head.log_odds(patch_features, self.get_text_features(input_ids, attention_mask))
-            return PathFLIPGroundingOutput(patch_scores=scores * patch_attention_mask[:, None].to(scores.dtype))
+        head = self.grounding_head if use_grounding_head is not False else None
+        text_embeds = self.get_text_features(input_ids, attention_mask)
+        if head is not None:
+            log_odds = head.log_odds(patch_features, text_embeds)
+            log_odds = log_odds * patch_attention_mask[:, None].to(log_odds.dtype)
+            if head.attention_weight == 0:  # no attention pass to discard
+                return PathFLIPGroundingOutput(patch_scores=log_odds)
+        attention = self._attention_grounding(text_embeds, patch_features, patch_attention_mask, region_patch_index,
+                                              region_attention_mask, region_positions, slide_features)  # fmt: skip
+        if head is None:
+            return attention
+        scores = head.with_attention(log_odds, attention.patch_scores, patch_attention_mask)
+        return PathFLIPGroundingOutput(patch_scores=scores, region_scores=attention.region_scores,
+                                       region_patch_weights=attention.region_patch_weights)  # fmt: skip
+
+    def _attention_grounding(self, text_embeds, patch_features, patch_attention_mask, region_patch_index,
+                             region_attention_mask, region_positions, slide_features):  # fmt: skip
+        """`get_grounding`'s attention scores of texts ``text_embeds`` ``[T, E]``: TRA weight x relative Region
+        Q-Former weight of each patch."""
         slide = slide_features
         if slide is None or slide.region_patch_weights is None:
             slide = self.get_slide_features(
                 patch_features, patch_attention_mask, region_patch_index, region_attention_mask, region_positions, True
             )
-        text_embeds = self.get_text_features(input_ids, attention_mask)
         _, region_scores = self.get_text_conditioned_region_features(
             text_embeds, slide.region_embeds, region_attention_mask
         )

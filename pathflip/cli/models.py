@@ -218,15 +218,19 @@ def add_verbs(commands) -> None:
                      "(default 0.45)")  # fmt: skip
     head_option("--slide-noise", type=nonnegative_float,
                 help="feature standard deviations of a random shift per slide and step, hiding stain (default 0.3)")
-    head_option("--presence-pooling", choices=["mixed", "max"],
+    head_option("--presence-pooling", choices=["mixed", "max", "mean"],
                 help="mixed (default): each sentence pools its patch scores as its text says (a finding anywhere, an "
-                     "extent, an absence); max: every sentence by the soft maximum")  # fmt: skip
+                     "extent, an absence); max: every sentence by the soft maximum; mean: every sentence by the "
+                     "mean, weighing every patch alike whatever the text")  # fmt: skip
     head_option("--partial-label-weight", type=nonnegative_float,
                 help="weight of the term that assigns each patch to one of its slide's sentences (default 1; 0 "
                      "leaves it out)")  # fmt: skip
     head_option("--presence-weight", type=nonnegative_float,
                 help="weight of the term that pools a sentence's patch scores into whether the slide mentions it "
                      "(default 1; 0 leaves it out)")  # fmt: skip
+    head_option("--attention-weight", type=nonnegative_float,
+                help="how much the model's attention scores add to the head's when grounding (default 0.5; 0: the "
+                     "head alone)")  # fmt: skip
     head_option("--seed", type=nonnegative_int, help="default 0")
     fit.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     fit.set_defaults(run=command_fit_grounding)

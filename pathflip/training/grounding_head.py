@@ -36,7 +36,8 @@ class GroundingHeadOptions:
     seed: int = 0
     presence_sharpness: float = GROUNDING_HEAD_DEFAULTS["presence_sharpness"]
     # "mixed": each sentence's pooling (soft maximum, mean or soft minimum) is read from its text; "max": every
-    # sentence pools by the soft maximum, which cannot tell an extent (a lymphoid sheet) or an absence (benign).
+    # sentence pools by the soft maximum, which cannot tell an extent (a lymphoid sheet) or an absence (benign);
+    # "mean": every sentence pools by the mean, so no text decides which patches count (an ablation).
     presence_pooling: str = GROUNDING_HEAD_DEFAULTS["presence_pooling"]
     partial_label_weight: float = 1.0
     presence_weight: float = 1.0
@@ -49,6 +50,8 @@ class GroundingHeadOptions:
     # Each step shifts every patch of a slide by one random offset of this many feature standard deviations, so that
     # the head cannot recognise slides by their stain and learn the few slides of a rare wording by heart.
     slide_noise: float = 0.3
+    # How much the model's attention scores add to the head's when grounding (0: the head alone). Not used in fitting.
+    attention_weight: float = GROUNDING_HEAD_DEFAULTS["attention_weight"]
 
     def __post_init__(self) -> None:
         weights = (self.partial_label_weight, self.presence_weight)
@@ -66,6 +69,8 @@ class GroundingHeadOptions:
                              f"{self.presence_pooling!r}.")  # fmt: skip
         if not 0 <= self.slide_noise < float("inf"):
             raise ValueError(f"slide_noise must be a number of standard deviations >= 0, got {self.slide_noise!r}.")
+        if not 0 <= self.attention_weight < float("inf"):
+            raise ValueError(f"attention_weight must be a number >= 0, got {self.attention_weight!r}.")
         if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.presence_sharpness > 0):
             raise ValueError(
                 "learning_rate and presence_sharpness must be > 0 and weight_decay >= 0, got "
@@ -149,7 +154,7 @@ def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: Gro
     shape = {"members": options.members, "hidden_size": options.hidden_size, "embed_dim": options.embed_dim,
              "paraphrase_threshold": options.paraphrase_threshold, "vocabulary_size": len(bags.vocabulary),
              "presence_sharpness": options.presence_sharpness,
-             "presence_pooling": options.presence_pooling}  # fmt: skip
+             "presence_pooling": options.presence_pooling, "attention_weight": options.attention_weight}  # fmt: skip
     with torch.random.fork_rng():  # the members' initialisation follows the seed; the caller's generator is left alone
         torch.manual_seed(options.seed)
         head = PathFLIPGroundingHead(model.config.patch_dim, vocabulary.shape[1], **shape)

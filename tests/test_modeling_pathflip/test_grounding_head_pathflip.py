@@ -13,7 +13,7 @@ def test_a_query_competes_with_the_vocabulary_but_not_with_its_paraphrases():
     torch.manual_seed(0)
     head = PathFLIPGroundingHead(8, 4, members=2, hidden_size=16, embed_dim=4, vocabulary_size=2,
                                  paraphrase_threshold=0.99, presence_sharpness=3.0,
-                                 presence_pooling="mixed")  # fmt: skip
+                                 presence_pooling="mixed", attention_weight=0.5)  # fmt: skip
     head.vocabulary.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
     patches = torch.randn(1, 6, 8)
     query = torch.tensor([[2.0, 0, 0, 0]])  # a paraphrase of the first entry: only the second competes
@@ -74,7 +74,7 @@ def _head(pooling: str = "mixed"):
     torch.manual_seed(0)
     head = PathFLIPGroundingHead(8, 4, members=2, hidden_size=16, embed_dim=4, vocabulary_size=2,
                                  paraphrase_threshold=0.99, presence_sharpness=3.0,
-                                 presence_pooling=pooling)  # fmt: skip
+                                 presence_pooling=pooling, attention_weight=0.5)  # fmt: skip
     for tower in head.pooling_towers:  # a pooling that depends on the text
         torch.nn.init.normal_(tower[2].weight)
     return head
@@ -95,11 +95,40 @@ def test_presence_logits_average_the_members_and_ignore_padding():
     torch.testing.assert_close(alone[0], logits[1])
 
 
-def test_max_pooling_keeps_only_the_soft_maximum_and_the_texts_bias():
-    head, texts = _head("max"), torch.randn(3, 4)
-    pooling = head.member_pooling(0, texts)
-    assert torch.equal(pooling[:, 1:3], torch.full((3, 2), -torch.inf))
-    assert torch.equal(pooling[:, 0], torch.zeros(3)) and pooling[:, 3].std() > 0
+@pytest.mark.parametrize("pooling, kept", [("max", 0), ("mean", 1)])
+def test_a_fixed_pooling_keeps_only_its_own_term_and_the_texts_bias(pooling, kept):
+    head, texts = _head(pooling), torch.randn(3, 4)
+    mix = head.member_pooling(0, texts)
+    others = [term for term in range(3) if term != kept]
+    assert torch.equal(mix[:, others], torch.full((3, 2), -torch.inf))
+    assert torch.equal(mix[:, kept], torch.zeros(3)) and mix[:, 3].std() > 0
+
+
+def test_mean_pooling_pools_every_text_by_its_patches_mean_plus_its_bias():
+    head, texts = _head("mean"), torch.randn(3, 4)
+    scores = torch.randn(6, 3)
+    slides = torch.tensor([0, 0, 0, 1, 1, 1])
+    pooled = pooled_presence(scores, slides, 2, head.member_pooling(0, texts), 3.0)
+    bias = head.member_pooling(0, texts)[:, 3]
+    torch.testing.assert_close(pooled, torch.stack([scores[:3].mean(0), scores[3:].mean(0)]) + bias)
+
+
+def test_with_attention_adds_the_standardised_log_attention_at_the_heads_spread_on_real_patches():
+    head = _head()
+    log_odds = torch.tensor([[[1.0, 2.2, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # one slide, 2 texts, 3 real patches
+    attention = torch.tensor([[[0.1, 0.2, 0.8, 0.0], [0.5, 0.3, 0.2, 0.0]]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    combined = head.with_attention(log_odds, attention, mask)
+    for text in range(2):
+        real_log_odds, log_attention = log_odds[0, text, :3], attention[0, text, :3].log()
+        spread = real_log_odds.std(correction=0)
+        standardised = (log_attention - log_attention.mean()) / log_attention.std(correction=0)
+        torch.testing.assert_close(combined[0, text, :3], real_log_odds + 0.5 * spread * standardised)
+    assert combined[0, :, 3].eq(0).all()
+    assert combined[0, 0].argmax() == 2  # the attention settles the head's near-tie toward its own peak
+    assert combined[0, 1].eq(0).all()  # on the head's scale: where the head sees nothing, neither does the sum
+    head.attention_weight = 0.0
+    torch.testing.assert_close(head.with_attention(log_odds, attention, mask), log_odds * mask[:, None])
 
 
 @pytest.mark.parametrize(
@@ -109,7 +138,9 @@ def test_max_pooling_keeps_only_the_soft_maximum_and_the_texts_bias():
         ({"members": 0}, "members"),
         ({"paraphrase_threshold": 2}, "paraphrase_threshold"),
         ({"presence_sharpness": 0}, "presence_sharpness"),
-        ({"presence_pooling": "mean"}, "presence_pooling"),
+        ({"presence_pooling": "min"}, "presence_pooling"),
+        ({"attention_weight": -0.5}, "attention_weight"),
+        ({"attention_weight": True}, "attention_weight"),
         ({"layers": 2}, "unknown keys"),
     ],
 )

@@ -93,6 +93,27 @@ def test_the_head_is_saved_with_the_model_and_read_the_same(fitted, tmp_path, ba
     assert torch.isfinite(before.patch_scores).all()
 
 
+def test_grounding_adds_the_models_attention_to_the_head_as_its_weight_says(fitted):
+    model, processor = fitted
+    batch = processor(_bags(1, seed=3), return_loss=False)
+    bag_inputs = {name: batch[name] for name in BAG_INPUT_NAMES}
+    texts = processor(text=["fibrous stroma.", "focal necrosis."])
+    head = model.grounding_head
+    assert head.attention_weight == 0.5  # the default of fit-grounding
+    with torch.no_grad():
+        combined = model.get_grounding(**bag_inputs, **texts)
+        attention = model.get_grounding(**bag_inputs, **texts, use_grounding_head=False)
+        head.attention_weight = 0.0
+        try:
+            alone = model.get_grounding(**bag_inputs, **texts)
+        finally:
+            head.attention_weight = 0.5
+        expected = head.with_attention(alone.patch_scores, attention.patch_scores, batch["patch_attention_mask"])
+    torch.testing.assert_close(combined.patch_scores, expected)
+    assert alone.region_scores is None and torch.equal(combined.region_scores, attention.region_scores)
+    assert not torch.allclose(combined.patch_scores, alone.patch_scores)
+
+
 def _extent_bags(count: int, seed: int) -> list[dict]:
     """Lymphocytes over 3 of 64 patches ("small lymphoid aggregate.") or over 24 ("lymphoid sheet."): the same
     tissue, told apart only by how much of the slide it covers."""
@@ -167,7 +188,7 @@ def test_bad_datasets_and_options_are_refused_before_any_work(model, processor, 
     with pytest.raises(ValueError, match="slide_noise"):
         GroundingHeadOptions(slide_noise=-0.5)
     with pytest.raises(ValueError, match="presence_pooling must be one of"):
-        GroundingHeadOptions(presence_pooling="mean")
+        GroundingHeadOptions(presence_pooling="min")
 
 
 def test_a_slide_is_a_presence_negative_only_when_none_of_its_sentences_is_near():
@@ -205,7 +226,7 @@ def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_p
     fitted = PathFLIPModel.from_pretrained(tmp_path / "fitted")
     assert fitted.grounding_head is not None and fitted.config.grounding_head["members"] == 1
     refused = (("--paraphrase-threshold", "2"), ("--negative-threshold", "-1"), ("--slide-noise", "-1"),
-               ("--presence-pooling", "mean"), ("--presence-weight", "-1"))  # fmt: skip
+               ("--presence-pooling", "min"), ("--presence-weight", "-1"))  # fmt: skip
     for option, value in refused:
         with pytest.raises(SystemExit, match="2"):  # argparse refuses the option before any work
             main([*arguments, option, value])
