@@ -1,5 +1,5 @@
-"""The Text-Region Attention of PathFLIP: sentences (queries) attend over a slide's region embeddings, and its
-mean-pooling ablation."""
+"""The Text-Region Attention of PathFLIP: sentences (queries) attend over a slide's region embeddings, its
+mean-pooling ablation, and the per-patch scores the attention gives a sentence."""
 
 from __future__ import annotations
 
@@ -84,3 +84,20 @@ def mean_region_pooling(
     pooled = torch.einsum("bl,ble->be", weights, region_embeds)
     num_texts = text_embeds.shape[1]
     return pooled[:, None].expand(-1, num_texts, -1), weights[:, None].expand(-1, num_texts, -1)
+
+
+def patch_attention_scores(region_scores: torch.Tensor, region_patch_weights: torch.Tensor,
+                           region_patch_index: torch.Tensor, num_patches: int) -> torch.Tensor:  # fmt: skip
+    """``[B, T, N]``: each patch row's TRA weight of its region for each text ``region_scores`` ``[B, T, L]`` x its
+    Region Q-Former weight ``region_patch_weights`` ``[B, L, P]`` relative to a uniform weight over the region's
+    patches (weight x patch count); ``region_patch_index`` ``[B, L, P]`` maps slots to rows (-1: empty)."""
+    batch, num_regions, max_patches = region_patch_index.shape
+    real_slots = (region_patch_index >= 0).to(region_scores.dtype)
+    # Raw weights sum to 1 within each region, so a patch of a sparsely filled region (a tissue edge) would
+    # outscore one of a full region for the same attention; relative to uniform they compare across regions.
+    relative_weights = region_patch_weights * real_slots.sum(-1, keepdim=True)
+    per_slot = region_scores[..., None] * relative_weights[:, None] * real_slots[:, None]  # [B, T, L, P]
+    rows = region_patch_index.clamp(min=0).reshape(batch, 1, num_regions * max_patches)
+    rows = rows.expand(-1, region_scores.shape[1], -1)
+    patch_scores = per_slot.new_zeros(batch, region_scores.shape[1], num_patches)
+    return patch_scores.scatter_add(2, rows, per_slot.reshape(*rows.shape))

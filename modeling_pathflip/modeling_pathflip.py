@@ -19,7 +19,7 @@ from transformers import AutoModel, Blip2QFormerModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .attention_pathflip import PathFLIPTextRegionAttention, mean_region_pooling
+from .attention_pathflip import PathFLIPTextRegionAttention, mean_region_pooling, patch_attention_scores
 from .configuration_pathflip import PathFLIPConfig
 from .grounding_head_pathflip import PathFLIPGroundingHead, check_grounding_head_wanted
 from .loss_pathflip import (
@@ -320,23 +320,17 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         slide_features: PathFLIPSlideOutput | None = None,
         use_grounding_head: bool | None = None,
     ) -> PathFLIPGroundingOutput:
-        """Score every patch of every bag for each text ``[T, S]``.
-
-        score(p) = TRA weight of p's region for the text x Region Q-Former weight of p relative to a uniform
-        weight over the region's patches (weight x patch count). Scores are aligned with the rows of
-        ``patch_features`` (0 on padding). ``slide_features``: the output of ``get_slide_features(...,
-        output_region_patch_weights=True)`` for the same bags, kept by a caller that grounds many texts in one
-        slide, so that only the texts are encoded. A fitted grounding head (`pathflip fit-grounding`) scores instead:
-        its log-odds, plus the attention scores' evidence as the head's ``attention_weight`` sets (see
-        [`PathFLIPGroundingHead.with_attention`]; 0 on padding). ``use_grounding_head=False`` keeps the attention
-        scores alone.
+        """Score every patch of every bag for each text ``[T, S]``, aligned with the rows of ``patch_features`` (0 on
+        padding): the attention's scores (`patch_attention_scores`), or with a fitted grounding head (`pathflip
+        fit-grounding`) and ``use_grounding_head`` not False, the head's log-odds plus the attention's evidence
+        (`PathFLIPGroundingHead.with_attention`). ``slide_features``: ``get_slide_features(...,
+        output_region_patch_weights=True)`` of the same bags, kept by a caller that grounds many texts in one slide.
         """
         check_grounding_head_wanted(self, use_grounding_head)
         head = self.grounding_head if use_grounding_head is not False else None
         text_embeds = self.get_text_features(input_ids, attention_mask)
         if head is not None:
-            log_odds = head.log_odds(patch_features, text_embeds)
-            log_odds = log_odds * patch_attention_mask[:, None].to(log_odds.dtype)
+            log_odds = head.log_odds(patch_features, text_embeds) * patch_attention_mask[:, None]
             if head.attention_weight == 0:  # no attention pass to discard
                 return PathFLIPGroundingOutput(patch_scores=log_odds)
         attention = self._attention_grounding(text_embeds, patch_features, patch_attention_mask, region_patch_index,
@@ -349,8 +343,7 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
 
     def _attention_grounding(self, text_embeds, patch_features, patch_attention_mask, region_patch_index,
                              region_attention_mask, region_positions, slide_features):  # fmt: skip
-        """`get_grounding`'s attention scores of texts ``text_embeds`` ``[T, E]``: TRA weight x relative Region
-        Q-Former weight of each patch."""
+        """`get_grounding`'s attention scores (`patch_attention_scores`) of texts ``text_embeds`` ``[T, E]``."""
         slide = slide_features
         if slide is None or slide.region_patch_weights is None:
             slide = self.get_slide_features(
@@ -359,16 +352,8 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         _, region_scores = self.get_text_conditioned_region_features(
             text_embeds, slide.region_embeds, region_attention_mask
         )
-        batch, num_regions, max_patches = region_patch_index.shape
-        real_slots = (region_patch_index >= 0).to(region_scores.dtype)
-        # Raw weights sum to 1 within each region, so a patch of a sparsely filled region (a tissue edge) would
-        # outscore one of a full region for the same attention; relative to uniform they compare across regions.
-        relative_weights = slide.region_patch_weights * real_slots.sum(-1, keepdim=True)
-        per_slot = region_scores[..., None] * relative_weights[:, None] * real_slots[:, None]  # [B, T, L, P]
-        rows = region_patch_index.clamp(min=0).reshape(batch, 1, num_regions * max_patches)
-        rows = rows.expand(-1, region_scores.shape[1], -1)
-        patch_scores = per_slot.new_zeros(batch, region_scores.shape[1], patch_features.shape[1])
-        patch_scores = patch_scores.scatter_add(2, rows, per_slot.reshape(*rows.shape))
+        patch_scores = patch_attention_scores(region_scores, slide.region_patch_weights, region_patch_index,
+                                              patch_features.shape[1])  # fmt: skip
         return PathFLIPGroundingOutput(
             patch_scores=patch_scores, region_scores=region_scores, region_patch_weights=slide.region_patch_weights
         )
