@@ -187,6 +187,8 @@ def test_bad_datasets_and_options_are_refused_before_any_work(model, processor, 
         GroundingHeadOptions(negative_threshold=-1.0)
     with pytest.raises(ValueError, match="slide_noise"):
         GroundingHeadOptions(slide_noise=-0.5)
+    with pytest.raises(ValueError, match="attention_weight must be a number >= 0"):
+        GroundingHeadOptions(attention_weight=-1.0)
     with pytest.raises(ValueError, match="presence_pooling must be one of"):
         GroundingHeadOptions(presence_pooling="min")
 
@@ -226,7 +228,8 @@ def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_p
     fitted = PathFLIPModel.from_pretrained(tmp_path / "fitted")
     assert fitted.grounding_head is not None and fitted.config.grounding_head["members"] == 1
     refused = (("--paraphrase-threshold", "2"), ("--negative-threshold", "-1"), ("--slide-noise", "-1"),
-               ("--presence-pooling", "min"), ("--presence-weight", "-1"))  # fmt: skip
+               ("--presence-pooling", "min"), ("--presence-weight", "-1"),
+               ("--attention-weight", "-1"))  # fmt: skip
     for option, value in refused:
         with pytest.raises(SystemExit, match="2"):  # argparse refuses the option before any work
             main([*arguments, option, value])
