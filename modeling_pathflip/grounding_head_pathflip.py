@@ -43,7 +43,7 @@ class PathFLIPGroundingHead(nn.Module):
 
     def __init__(self, patch_dim: int, text_dim: int, *, members: int, hidden_size: int, embed_dim: int,
                  vocabulary_size: int, paraphrase_threshold: float, presence_sharpness: float,
-                 presence_pooling: str, attention_weight: float):  # fmt: skip
+                 presence_pooling: str):  # fmt: skip
         super().__init__()
         self.patch_towers = nn.ModuleList(_mlp(patch_dim, hidden_size, embed_dim) for _ in range(members))
         self.text_towers = nn.ModuleList(_mlp(text_dim, hidden_size, embed_dim) for _ in range(members))
@@ -58,7 +58,6 @@ class PathFLIPGroundingHead(nn.Module):
         self.paraphrase_threshold = paraphrase_threshold
         self.presence_sharpness = presence_sharpness
         self.presence_pooling = presence_pooling
-        self.attention_weight = attention_weight
         self.reset_pooling()
 
     def reset_pooling(self) -> None:
@@ -121,8 +120,9 @@ class PathFLIPGroundingHead(nn.Module):
             log_odds.append(query_scores[..., text] - competing)
         return torch.stack(log_odds, dim=1)
 
-    def with_attention(self, log_odds: torch.Tensor, attention_scores: torch.Tensor,
-                       patch_attention_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    @staticmethod
+    def with_attention(log_odds: torch.Tensor, attention_scores: torch.Tensor, patch_attention_mask: torch.Tensor,
+                       attention_weight: float) -> torch.Tensor:  # fmt: skip
         """``[B, T, N]``: the head's log-odds plus ``attention_weight`` times their spread times the standardised log
         of the model's attention scores (`PathFLIPModel.get_grounding` without the head), per slide and text over
         the real patches (0 on padding). The head says which tissue a sentence describes; the attention, which
@@ -138,7 +138,7 @@ class PathFLIPGroundingHead(nn.Module):
         log_attention = attention_scores.to(log_odds.dtype).clamp_min(torch.finfo(log_odds.dtype).tiny).log()
         centred, spread = centred_and_spread(log_attention)
         standardised = centred / spread.clamp_min(torch.finfo(log_odds.dtype).eps)
-        return (log_odds + self.attention_weight * centred_and_spread(log_odds)[1] * standardised) * real
+        return (log_odds + attention_weight * centred_and_spread(log_odds)[1] * standardised) * real
 
 
 def check_grounding_head_wanted(model, use_grounding_head: bool | None) -> None:

@@ -160,7 +160,8 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         self.region_logit_bias = nn.Parameter(torch.tensor(0.0))
         self.grounding_head = None
         if config.grounding_head is not None and config.grounding_head.get("vocabulary_size"):
-            self.grounding_head = PathFLIPGroundingHead(config.patch_dim, config.embed_dim, **config.grounding_head)
+            shape = {name: value for name, value in config.grounding_head.items() if name != "attention_weight"}
+            self.grounding_head = PathFLIPGroundingHead(config.patch_dim, config.embed_dim, **shape)
         self.post_init()
 
     # ---- slide side -------------------------------------------------------------------------
@@ -331,15 +332,14 @@ class PathFLIPModel(PathFLIPPreTrainedModel):
         text_embeds = self.get_text_features(input_ids, attention_mask)
         if head is not None:
             log_odds = head.log_odds(patch_features, text_embeds) * patch_attention_mask[:, None]
-            if head.attention_weight == 0:  # no attention pass to discard
+            if (weight := self.config.grounding_head["attention_weight"]) == 0:  # no attention pass to discard
                 return PathFLIPGroundingOutput(patch_scores=log_odds)
         attention = self._attention_grounding(text_embeds, patch_features, patch_attention_mask, region_patch_index,
                                               region_attention_mask, region_positions, slide_features)  # fmt: skip
         if head is None:
             return attention
-        scores = head.with_attention(log_odds, attention.patch_scores, patch_attention_mask)
-        return PathFLIPGroundingOutput(patch_scores=scores, region_scores=attention.region_scores,
-                                       region_patch_weights=attention.region_patch_weights)  # fmt: skip
+        attention.patch_scores = head.with_attention(log_odds, attention.patch_scores, patch_attention_mask, weight)
+        return attention
 
     def _attention_grounding(self, text_embeds, patch_features, patch_attention_mask, region_patch_index,
                              region_attention_mask, region_positions, slide_features):  # fmt: skip

@@ -154,7 +154,7 @@ def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: Gro
     shape = {"members": options.members, "hidden_size": options.hidden_size, "embed_dim": options.embed_dim,
              "paraphrase_threshold": options.paraphrase_threshold, "vocabulary_size": len(bags.vocabulary),
              "presence_sharpness": options.presence_sharpness,
-             "presence_pooling": options.presence_pooling, "attention_weight": options.attention_weight}  # fmt: skip
+             "presence_pooling": options.presence_pooling}  # fmt: skip
     with torch.random.fork_rng():  # the members' initialisation follows the seed; the caller's generator is left alone
         torch.manual_seed(options.seed)
         head = PathFLIPGroundingHead(model.config.patch_dim, vocabulary.shape[1], **shape)
@@ -166,7 +166,7 @@ def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: Gro
     head.text_std.copy_(vocabulary.std(0, unbiased=False) + 1e-6)
     _train(head, bags, vocabulary, mentions, known, options)
     model.grounding_head = head.to(model.device).eval()
-    model.config.grounding_head = shape
+    model.config.grounding_head = {**shape, "attention_weight": options.attention_weight}
     return model
 
 

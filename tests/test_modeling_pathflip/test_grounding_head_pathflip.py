@@ -13,7 +13,7 @@ def test_a_query_competes_with_the_vocabulary_but_not_with_its_paraphrases():
     torch.manual_seed(0)
     head = PathFLIPGroundingHead(8, 4, members=2, hidden_size=16, embed_dim=4, vocabulary_size=2,
                                  paraphrase_threshold=0.99, presence_sharpness=3.0,
-                                 presence_pooling="mixed", attention_weight=0.5)  # fmt: skip
+                                 presence_pooling="mixed")  # fmt: skip
     head.vocabulary.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
     patches = torch.randn(1, 6, 8)
     query = torch.tensor([[2.0, 0, 0, 0]])  # a paraphrase of the first entry: only the second competes
@@ -74,7 +74,7 @@ def _head(pooling: str = "mixed"):
     torch.manual_seed(0)
     head = PathFLIPGroundingHead(8, 4, members=2, hidden_size=16, embed_dim=4, vocabulary_size=2,
                                  paraphrase_threshold=0.99, presence_sharpness=3.0,
-                                 presence_pooling=pooling, attention_weight=0.5)  # fmt: skip
+                                 presence_pooling=pooling)  # fmt: skip
     for tower in head.pooling_towers:  # a pooling that depends on the text
         torch.nn.init.normal_(tower[2].weight)
     return head
@@ -118,7 +118,7 @@ def test_with_attention_adds_the_standardised_log_attention_at_the_heads_spread_
     log_odds = torch.tensor([[[1.0, 2.2, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # one slide, 2 texts, 3 real patches
     attention = torch.tensor([[[0.1, 0.2, 0.8, 0.0], [0.5, 0.3, 0.2, 0.0]]])
     mask = torch.tensor([[1, 1, 1, 0]])
-    combined = head.with_attention(log_odds, attention, mask)
+    combined = head.with_attention(log_odds, attention, mask, 0.5)
     for text in range(2):
         real_log_odds, log_attention = log_odds[0, text, :3], attention[0, text, :3].log()
         spread = real_log_odds.std(correction=0)
@@ -127,8 +127,7 @@ def test_with_attention_adds_the_standardised_log_attention_at_the_heads_spread_
     assert combined[0, :, 3].eq(0).all()
     assert combined[0, 0].argmax() == 2  # the attention settles the head's near-tie toward its own peak
     assert combined[0, 1].eq(0).all()  # on the head's scale: where the head sees nothing, neither does the sum
-    head.attention_weight = 0.0
-    torch.testing.assert_close(head.with_attention(log_odds, attention, mask), log_odds * mask[:, None])
+    torch.testing.assert_close(head.with_attention(log_odds, attention, mask, 0.0), log_odds * mask[:, None])
 
 
 @pytest.mark.parametrize(

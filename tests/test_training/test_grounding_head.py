@@ -98,17 +98,18 @@ def test_grounding_adds_the_models_attention_to_the_head_as_its_weight_says(fitt
     batch = processor(_bags(1, seed=3), return_loss=False)
     bag_inputs = {name: batch[name] for name in BAG_INPUT_NAMES}
     texts = processor(text=["fibrous stroma.", "focal necrosis."])
-    head = model.grounding_head
-    assert head.attention_weight == 0.5  # the default of fit-grounding
+    head = model.config.grounding_head
+    assert head["attention_weight"] == 0.5  # the default of fit-grounding
     with torch.no_grad():
         combined = model.get_grounding(**bag_inputs, **texts)
         attention = model.get_grounding(**bag_inputs, **texts, use_grounding_head=False)
-        head.attention_weight = 0.0
+        head["attention_weight"] = 0.0
         try:
             alone = model.get_grounding(**bag_inputs, **texts)
         finally:
-            head.attention_weight = 0.5
-        expected = head.with_attention(alone.patch_scores, attention.patch_scores, batch["patch_attention_mask"])
+            head["attention_weight"] = 0.5
+        expected = model.grounding_head.with_attention(alone.patch_scores, attention.patch_scores,
+                                                       batch["patch_attention_mask"], 0.5)  # fmt: skip
     torch.testing.assert_close(combined.patch_scores, expected)
     assert alone.region_scores is None and torch.equal(combined.region_scores, attention.region_scores)
     assert not torch.allclose(combined.patch_scores, alone.patch_scores)
