@@ -126,27 +126,15 @@ def region_subcaption_sigmoid_loss(
             sentence every slide has ("dense collagenous stroma") is a negative for the other slides, and it could
             otherwise lower those scores by looking at their lesions instead of their stroma.
     """
-    if duplicate_threshold is not None and subcaption_similarity is None:
-        raise ValueError("duplicate_threshold needs subcaption_similarity (the unit-norm text vectors).")
-    if duplicates not in ("ignore", "positive"):
-        raise ValueError(f"Unknown duplicates mode {duplicates!r}; use 'ignore' or 'positive'.")
-    if reduction not in ("mean", "authors"):
-        raise ValueError(f"Unknown region loss reduction {reduction!r}; use 'mean' or 'authors'.")
+    _check_region_loss_options(duplicate_threshold, subcaption_similarity, duplicates, reduction)
     rank, _ = distributed_world()
     batch, num_sub, dim = subcaption_embeds.shape
     all_subcaptions = gather_with_grad(subcaption_embeds)  # [G, K, E]
     global_batch = all_subcaptions.shape[0]
     own_slide = torch.arange(batch, device=region_embeds.device) + rank * batch  # global index of local slides
-    if subcaption_keys is None:  # every subcaption distinct
-        subcaption_keys = torch.arange(global_batch * num_sub, device=region_embeds.device).reshape(global_batch, -1)
-        subcaption_keys = subcaption_keys[own_slide]
-    all_keys = gather_no_grad(subcaption_keys)  # [G, K]
-
     index, weights = _candidate_index(negatives, own_slide, global_batch, num_sub)
     candidates = all_subcaptions.reshape(global_batch * num_sub, dim)[index]  # [B, C, E]
-    # +1 where slide i wrote that very text
-    same = (all_keys.reshape(-1)[index][..., None] == subcaption_keys[:, None, :]).any(dim=-1)
-    labels = torch.where(same, 1.0, -1.0)
+    labels = _same_text_labels(index, own_slide, subcaption_keys, global_batch, num_sub)
     if duplicate_threshold is not None:
         vectors = gather_no_grad(subcaption_similarity).flatten(0, 1)[index]  # [B, C, H]
         nearest = (vectors @ subcaption_similarity.transpose(1, 2)).amax(dim=-1)
@@ -162,6 +150,29 @@ def region_subcaption_sigmoid_loss(
     if reduction == "authors":
         return ((losses * weights).sum(dim=1) / (num_sub + global_batch - 1)).mean()
     return (losses * weights).sum() / weights.sum()
+
+
+def _check_region_loss_options(duplicate_threshold: float | None, subcaption_similarity: torch.Tensor | None,
+                               duplicates: str, reduction: str) -> None:  # fmt: skip
+    if duplicate_threshold is not None and subcaption_similarity is None:
+        raise ValueError("duplicate_threshold needs subcaption_similarity (the unit-norm text vectors).")
+    if duplicates not in ("ignore", "positive"):
+        raise ValueError(f"Unknown duplicates mode {duplicates!r}; use 'ignore' or 'positive'.")
+    if reduction not in ("mean", "authors"):
+        raise ValueError(f"Unknown region loss reduction {reduction!r}; use 'mean' or 'authors'.")
+
+
+def _same_text_labels(index: torch.Tensor, own_slide: torch.Tensor, subcaption_keys: torch.Tensor | None,
+                      global_batch: int, num_sub: int) -> torch.Tensor:  # fmt: skip
+    """``[B, C]``: +1 where the candidate ``index`` points at a text that slide i wrote itself (same key), else -1.
+    Without keys every subcaption is distinct, so only a slide's own candidates are positive."""
+    if subcaption_keys is None:
+        all_keys = torch.arange(global_batch * num_sub, device=index.device).reshape(global_batch, -1)
+        subcaption_keys = all_keys[own_slide]
+    else:
+        all_keys = gather_no_grad(subcaption_keys)  # [G, K]
+    same = (all_keys.reshape(-1)[index][..., None] == subcaption_keys[:, None, :]).any(dim=-1)
+    return torch.where(same, 1.0, -1.0)
 
 
 def _candidate_index(
