@@ -101,6 +101,8 @@ def _input_cases(tmp, model_dir, bag_file):
     (tmp / "empty").mkdir(exist_ok=True)
     (tmp / "not-a-model").mkdir(exist_ok=True)
     (tmp / "table.csv").write_text("slide,label\n")
+    (tmp / "kept").mkdir(exist_ok=True)
+    (tmp / "kept" / "notes.txt").write_text("a user's own file")
     return [
         (["extract", tmp / "empty", "-o", tmp / "out"], 2, r"folder .*empty holds no slide file"),
         (["extract", "-o", tmp / "out"], 2, r"give the slides \(files or folders\) or --table cohort.csv"),
@@ -135,6 +137,19 @@ def _input_cases(tmp, model_dir, bag_file):
           "--datasets", "Camelyon17"], 2, r"--datasets \['Camelyon17'\] are not in the benchmark"),
         (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run"], 2,
          r"neither a dataset folder \(save_to_disk\) nor parquet files"),
+        (["fit-grounding", model_dir, tmp / "absent-data", "-o", tmp / "out"], 2,
+         r"dataset '.*absent-data' does not exist; give a folder written by pathflip extract / import"),
+        (["eval", model_dir, tmp / "absent-data", "-o", tmp / "eval"], 2, r"dataset '.*absent-data' does not exist"),
+        (["fit-grounding", model_dir, tmp / "empty", "-o", model_dir], 2,
+         r"--output '.*' would replace the input '.*'; write to a new folder"),
+        (["fit-grounding", model_dir, tmp / "empty", "-o", tmp], 2, r"would replace the input '.*empty'"),
+        (["fit-grounding", model_dir, tmp / "empty", "-o", tmp / "table.csv"], 2, r"is a file; give a folder"),
+        (["fit-grounding", model_dir, tmp / "empty", "-o", tmp / "kept"], 2,
+         r"--output '.*kept' already holds files, which writing there would delete; .* pass --overwrite"),
+        (["convert", tmp / "absent.bin", "--hparams", tmp / "h.yaml", "--text-model", model_dir, "-o", tmp / "kept"],
+         2, r"already holds files"),
+        (["import", tmp / "empty", "-o", tmp / "kept"], 2, r"already holds files"),
+        (["decompose", tmp / "empty", "--model", "m", "-o", tmp / "empty"], 2, r"would replace the input"),
     ]  # fmt: skip
 
 
@@ -146,7 +161,9 @@ def test_unusable_inputs_name_the_item_and_the_fix(tmp_path, model_dir, bag_file
         assert "Traceback" not in error, argv
     for written in ("out", "maps", "eval", "c", "b", "run"):
         assert not (tmp_path / written).exists() or not any((tmp_path / written).rglob("*.partial")), written
-    assert len(cases) >= 25
+    assert (tmp_path / "kept" / "notes.txt").read_text() == "a user's own file"
+    assert (model_dir / "config.json").is_file()
+    assert len(cases) >= 35
 
 
 # ---- the pipelines' arguments ------------------------------------------------------------------------------------
@@ -222,5 +239,5 @@ def test_hostile_slide_ids_write_inside_the_output_folder(model_dir, bag_factory
 
 
 def test_the_catalogue_holds_sixty_bad_inputs():
-    assert len(OPTION_CASES) + 26 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
+    assert len(OPTION_CASES) + 35 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
     json.dumps([case[0] for case in OPTION_CASES])  # the table stays plain data

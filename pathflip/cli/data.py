@@ -10,7 +10,15 @@ from pathlib import Path
 from ..files import safe_name, write_text
 from ..processing.tiler import TilingOptions
 from ..processing.tissue import TISSUE_METHODS
-from .options import fraction, nonempty, nonnegative_int, positive_float, positive_int
+from .options import (
+    check_replaceable_output,
+    dataset_reference,
+    fraction,
+    nonempty,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def _tiling_arguments(parser: argparse.ArgumentParser, slides: str = "+") -> None:
@@ -112,6 +120,8 @@ def command_import(args: argparse.Namespace) -> int:
     cohort table describes the slides)."""
     from ..processing import importers
 
+    inputs = [path for path in (args.folder, args.coords_dir, args.captions, args.table) if path]
+    check_replaceable_output(args.output, inputs=inputs, overwrite=args.overwrite)
     cohort = _cohort(args)
     options = {
         "output": args.output,
@@ -159,6 +169,7 @@ def command_decompose(args: argparse.Namespace) -> int:
     from ..processing.bags import save_dataset
     from ..training.decompose import decompose_dataset
 
+    check_replaceable_output(args.output, inputs=[args.dataset, args.model], overwrite=args.overwrite)
     loaded = datasets.load_from_disk(args.dataset)
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"": loaded}
     result = {}
@@ -194,7 +205,8 @@ def add_verbs(commands) -> None:
 
     importer = commands.add_parser("import", help=command_import.__doc__)
     importer.add_argument("folder", help="folder of .h5 files (or of .pt files with --coords-dir)")
-    importer.add_argument("--output", "-o", required=True, help="dataset folder to write")
+    importer.add_argument("--output", "-o", required=True, help="new dataset folder to write")
+    importer.add_argument("--overwrite", action="store_true", help="replace --output if it already holds files")
     importer.add_argument("--coords-dir", help="CLAM/TRIDENT patches .h5 folder holding the coords of .pt bags")
     importer.add_argument("--patch-size-level0", type=positive_int, help="patch side in level-0 px, if files lack it")
     importer.add_argument("--mpp", type=positive_float, help="microns per level-0 pixel, if the files lack it")
@@ -203,16 +215,17 @@ def add_verbs(commands) -> None:
     importer.set_defaults(run=command_import)
 
     check = commands.add_parser("check", help=command_check.__doc__)
-    check.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
+    check.add_argument("dataset", type=dataset_reference, help="feature-bag dataset folder (save_to_disk)")
     check.add_argument("--split", help="one split of a DatasetDict (default: all)")
     check.add_argument("--patch-dim", type=positive_int, help="the feature dimension the model reads")
     check.add_argument("--captions", action="store_true", help="every row needs a caption (training does)")
     check.set_defaults(run=command_check)
 
     decompose = commands.add_parser("decompose", help=command_decompose.__doc__)
-    decompose.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
+    decompose.add_argument("dataset", type=dataset_reference, help="feature-bag dataset folder (save_to_disk)")
     decompose.add_argument("--model", required=True, help="local causal LM folder or Hub id")
-    decompose.add_argument("--output", "-o", required=True, help="dataset folder to write")
+    decompose.add_argument("--output", "-o", required=True, help="new dataset folder to write")
+    decompose.add_argument("--overwrite", action="store_true", help="replace --output if it already holds files")
     decompose.add_argument("--batch-size", type=positive_int, default=8)
     decompose.add_argument("--max-new-tokens", type=positive_int, default=200)
     decompose.set_defaults(run=command_decompose)

@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 from .options import (
+    check_replaceable_output,
     cosine,
+    dataset_reference,
     model_reference,
     nonempty,
     nonnegative_float,
@@ -114,6 +116,7 @@ def command_fit_grounding(args: argparse.Namespace) -> int:
     from ..files import atomic_path
     from ..training.grounding_head import GroundingHeadOptions, fit_grounding_head
 
+    check_replaceable_output(args.output, inputs=[args.model, args.dataset], overwrite=args.overwrite)
     names = {field.name for field in dataclasses.fields(GroundingHeadOptions)}
     options = GroundingHeadOptions(**{name: value for name, value in vars(args).items() if name in names})
     dataset = _dataset_split(args)
@@ -188,7 +191,8 @@ def add_verbs(commands) -> None:
 
     retrieve = commands.add_parser("retrieve", help=command_retrieve.__doc__)
     retrieve.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
-    retrieve.add_argument("--index", help="feature-bag dataset folder, or one saved with --save-index")
+    retrieve.add_argument("--index", type=dataset_reference,
+                          help="feature-bag dataset folder, or one saved with --save-index")
     retrieve.add_argument("--query", action="append", help="text to search slides for (repeatable)")
     retrieve.add_argument("--save-index", help="save the embedded dataset here, to reuse with --index")
     retrieve.add_argument("--slide", help="a bag or slide to rank --text candidates for")
@@ -199,9 +203,11 @@ def add_verbs(commands) -> None:
 
     fit = commands.add_parser("fit-grounding", help=command_fit_grounding.__doc__)
     fit.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
-    fit.add_argument("dataset", help="the feature-bag dataset the model was trained on (folder, parquet or Hub id)")
+    fit.add_argument("dataset", type=dataset_reference,
+                     help="the feature-bag dataset the model was trained on (folder, parquet or Hub id)")
     fit.add_argument("--split", default="train", help="split of a DatasetDict to fit on (default train)")
-    fit.add_argument("--output", "-o", required=True, help="folder for the model with its head")
+    fit.add_argument("--output", "-o", required=True, help="new folder for the model with its head")
+    fit.add_argument("--overwrite", action="store_true", help="replace --output if it already holds files")
     fit.add_argument("--caption-column", default="caption", help="column of the captions (default caption)")
     # The head's options default to GroundingHeadOptions' own (SUPPRESS: only options given reach it).
     head_option = functools.partial(fit.add_argument, default=argparse.SUPPRESS)
@@ -237,7 +243,7 @@ def add_verbs(commands) -> None:
 
     evaluate = commands.add_parser("eval", help=command_eval.__doc__)
     evaluate.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
-    evaluate.add_argument("dataset", help="feature-bag dataset folder (save_to_disk)")
+    evaluate.add_argument("dataset", type=dataset_reference, help="feature-bag dataset (folder, parquet or Hub id)")
     evaluate.add_argument("--split", default="test", help="split of a DatasetDict (default test)")
     evaluate.add_argument("--class-names", nargs="+", type=nonempty, help="zero-shot classes (default: the labels')")
     evaluate.add_argument("--label-column", default="label", help="column of the diagnoses (class index or name)")

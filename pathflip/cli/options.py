@@ -93,3 +93,34 @@ def model_reference(text: str) -> str:
         raise argparse.ArgumentTypeError(f"model folder {text!r} does not exist; give a folder saved by pathflip "
                                          "train / convert, or a Hub id such as my-lab/pathflip-brca")  # fmt: skip
     return text
+
+
+def dataset_reference(text: str) -> str:
+    """A dataset folder or parquet file(s), or a Hub dataset id (``org/name``); a path that does not exist is refused
+    here."""
+    from pathlib import Path
+
+    if Path(text).expanduser().exists():
+        return str(Path(text).expanduser())
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+        raise argparse.ArgumentTypeError(f"dataset {text!r} does not exist; give a folder written by pathflip "
+                                         "extract / import, parquet files, or a Hub dataset id such as "
+                                         "my-lab/cohort")  # fmt: skip
+    return text
+
+
+def check_replaceable_output(output: str, *, inputs: list[str], overwrite: bool) -> None:
+    """Refuse an ``--output`` folder that a command writing a whole new folder in its place would lose: one of the
+    command's inputs or a folder holding one (always), or a folder that already holds files (unless ``overwrite``)."""
+    from pathlib import Path
+
+    target = Path(output).expanduser().resolve()
+    for source in inputs:
+        path = Path(source).expanduser()
+        if path.exists() and (path.resolve() == target or target in path.resolve().parents):
+            raise ValueError(f"--output {output!r} would replace the input {source!r}; write to a new folder.")
+    if target.is_file():
+        raise ValueError(f"--output {output!r} is a file; give a folder to write.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ValueError(f"--output {output!r} already holds files, which writing there would delete; choose a new "
+                         "folder, or pass --overwrite to replace it.")  # fmt: skip

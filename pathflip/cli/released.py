@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import model_reference
+from .options import check_replaceable_output, model_reference
 
 
 def command_convert(args: argparse.Namespace) -> int:
     """Convert the PathFLIP authors' released checkpoint (PathFLIP2 architecture) into a model folder."""
     from ..conversion.pathflip2 import convert_checkpoint
 
+    check_replaceable_output(args.output, inputs=[args.checkpoint, args.hparams, args.text_model],
+                             overwrite=args.overwrite)  # fmt: skip
     output = convert_checkpoint(args.checkpoint, args.hparams, args.text_model, args.output,
                                 allow_pickle=args.allow_pickle)  # fmt: skip
     print(f"converted {args.checkpoint} -> {output} (load it with AutoModel.from_pretrained or pipeline())")
@@ -47,7 +49,8 @@ def add_verbs(commands) -> None:
     convert.add_argument("--text-model", required=True,
                          help="the text tower (folder or Hub id; emilyalsentzer/Bio_ClinicalBERT for the release): "
                          "tokenizer, config, and weights the checkpoint lacks")  # fmt: skip
-    convert.add_argument("--output", "-o", required=True, help="model folder to write")
+    convert.add_argument("--output", "-o", required=True, help="new model folder to write")
+    convert.add_argument("--overwrite", action="store_true", help="replace --output if it already holds files")
     convert.add_argument("--allow-pickle", action="store_true",
                          help="read a checkpoint holding Python objects (runs code from it: only for a trusted file)")
     convert.set_defaults(run=command_convert)

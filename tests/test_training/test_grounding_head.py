@@ -235,9 +235,15 @@ def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_p
         with pytest.raises(SystemExit, match="2"):  # argparse refuses the option before any work
             main([*arguments, option, value])
         assert option in capsys.readouterr().err
+    assert main([*arguments, "--steps", "1"]) == 2, "a second run does not replace the first unasked"
+    assert "already holds files" in capsys.readouterr().err
+    arguments.append("--overwrite")
     assert main([*arguments, "--caption-column", "report"]) == 2
     assert "lacks the column(s) ['report']" in capsys.readouterr().err
+    assert PathFLIPModel.from_pretrained(tmp_path / "fitted").config.grounding_head["members"] == 1, "left as it was"
     assert main([*arguments, "--partial-label-weight", "0", "--presence-weight", "0"]) == 2
     assert "not both 0, got (0.0, 0.0)" in capsys.readouterr().err
     one_term = ["--steps", "2", "--members", "1", "-o", str(tmp_path / "presence-only"), "--partial-label-weight", "0"]
     assert main([*arguments, *one_term]) == 0
+    assert main([*arguments, "--steps", "1", "--members", "2"]) == 0, "--overwrite replaces the earlier fit"
+    assert PathFLIPModel.from_pretrained(tmp_path / "fitted").config.grounding_head["members"] == 2
