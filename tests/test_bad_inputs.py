@@ -149,6 +149,8 @@ def _input_cases(tmp, model_dir, bag_file):
         (["convert", tmp / "absent.bin", "--hparams", tmp / "h.yaml", "--text-model", model_dir, "-o", tmp / "kept"],
          2, r"already holds files"),
         (["import", tmp / "empty", "-o", tmp / "kept"], 2, r"already holds files"),
+        (["eval", model_dir, tmp / "empty", "-o", tmp / "table.csv"], 2, r"--output/-o: '.*table.csv' is a file; give a"),
+        (["heatmap", model_dir, bag_file, "-s", "x", "-o", tmp / "table.csv"], 2, r"--output/-o: .* is a file"),
         (["decompose", tmp / "empty", "--model", "m", "-o", tmp / "empty"], 2, r"would replace the input"),
     ]  # fmt: skip
 
@@ -163,7 +165,7 @@ def test_unusable_inputs_name_the_item_and_the_fix(tmp_path, model_dir, bag_file
         assert not (tmp_path / written).exists() or not any((tmp_path / written).rglob("*.partial")), written
     assert (tmp_path / "kept" / "notes.txt").read_text() == "a user's own file"
     assert (model_dir / "config.json").is_file()
-    assert len(cases) >= 35
+    assert len(cases) >= 37
 
 
 # ---- the pipelines' arguments ------------------------------------------------------------------------------------
@@ -239,5 +241,5 @@ def test_hostile_slide_ids_write_inside_the_output_folder(model_dir, bag_factory
 
 
 def test_the_catalogue_holds_sixty_bad_inputs():
-    assert len(OPTION_CASES) + 35 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
+    assert len(OPTION_CASES) + 37 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
     json.dumps([case[0] for case in OPTION_CASES])  # the table stays plain data

@@ -16,6 +16,7 @@ from .options import (
     fraction,
     nonempty,
     nonnegative_int,
+    output_folder,
     positive_float,
     positive_int,
 )
@@ -23,7 +24,7 @@ from .options import (
 
 def _tiling_arguments(parser: argparse.ArgumentParser, slides: str = "+") -> None:
     parser.add_argument("slides", nargs=slides, help="slide files or folders of slides")
-    parser.add_argument("--output", "-o", required=True, help="output folder")
+    parser.add_argument("--output", "-o", type=output_folder, required=True, help="output folder")
     parser.add_argument("--mpp", type=positive_float, help="microns per level-0 pixel (overrides slide metadata)")
     parser.add_argument("--target-mpp", type=positive_float, default=0.5, help="patch resolution (default 0.5, ~20x)")
     parser.add_argument("--patch-size", type=positive_int, default=256, help="patch side in pixels (default 256)")
@@ -205,7 +206,7 @@ def add_verbs(commands) -> None:
 
     importer = commands.add_parser("import", help=command_import.__doc__)
     importer.add_argument("folder", help="folder of .h5 files (or of .pt files with --coords-dir)")
-    importer.add_argument("--output", "-o", required=True, help="new dataset folder to write")
+    importer.add_argument("--output", "-o", type=output_folder, required=True, help="new dataset folder to write")
     importer.add_argument("--overwrite", action="store_true", help="replace --output if it already holds files")
     importer.add_argument("--coords-dir", help="CLAM/TRIDENT patches .h5 folder holding the coords of .pt bags")
     importer.add_argument("--patch-size-level0", type=positive_int, help="patch side in level-0 px, if files lack it")
@@ -224,7 +225,7 @@ def add_verbs(commands) -> None:
     decompose = commands.add_parser("decompose", help=command_decompose.__doc__)
     decompose.add_argument("dataset", type=dataset_reference, help="feature-bag dataset folder (save_to_disk)")
     decompose.add_argument("--model", required=True, help="local causal LM folder or Hub id")
-    decompose.add_argument("--output", "-o", required=True, help="new dataset folder to write")
+    decompose.add_argument("--output", "-o", type=output_folder, required=True, help="new dataset folder to write")
     decompose.add_argument("--overwrite", action="store_true", help="replace --output if it already holds files")
     decompose.add_argument("--batch-size", type=positive_int, default=8)
     decompose.add_argument("--max-new-tokens", type=positive_int, default=200)

@@ -109,6 +109,18 @@ def dataset_reference(text: str) -> str:
     return text
 
 
+def output_folder(text: str) -> str:
+    """A folder to write into: refused here if the path is an existing file (the command would fail only once its
+    work is done)."""
+    from pathlib import Path
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    if Path(text).expanduser().is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a folder to write into")
+    return text
+
+
 def check_replaceable_output(output: str, *, inputs: list[str], overwrite: bool) -> None:
     """Refuse an ``--output`` folder that a command writing a whole new folder in its place would lose: one of the
     command's inputs or a folder holding one (always), or a folder that already holds files (unless ``overwrite``)."""
@@ -119,8 +131,6 @@ def check_replaceable_output(output: str, *, inputs: list[str], overwrite: bool)
         path = Path(source).expanduser()
         if path.exists() and (path.resolve() == target or target in path.resolve().parents):
             raise ValueError(f"--output {output!r} would replace the input {source!r}; write to a new folder.")
-    if target.is_file():
-        raise ValueError(f"--output {output!r} is a file; give a folder to write.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise ValueError(f"--output {output!r} already holds files, which writing there would delete; choose a new "
                          "folder, or pass --overwrite to replace it.")  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import check_replaceable_output, model_reference
+from .options import check_replaceable_output, model_reference, output_folder
 
 
 def command_convert(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def add_verbs(commands) -> None:
     convert.add_argument("--text-model", required=True,
                          help="the text tower (folder or Hub id; emilyalsentzer/Bio_ClinicalBERT for the release): "
                          "tokenizer, config, and weights the checkpoint lacks")  # fmt: skip
-    convert.add_argument("--output", "-o", required=True, help="new model folder to write")
+    convert.add_argument("--output", "-o", type=output_folder, required=True, help="new model folder to write")
     convert.add_argument("--overwrite", action="store_true", help="replace --output if it already holds files")
     convert.add_argument("--allow-pickle", action="store_true",
                          help="read a checkpoint holding Python objects (runs code from it: only for a trusted file)")
@@ -61,7 +61,8 @@ def add_verbs(commands) -> None:
     benchmark.add_argument("--features", required=True, help="folder of TRIDENT/CLAM <slide_id>.h5 feature files")
     benchmark.add_argument("--split", choices=["test", "train"], default="test")
     benchmark.add_argument("--datasets", nargs="+", help="a subset of Camelyon16 CPTAC_NSCLC TCGA_RCC TCGA_NSCLC")
-    benchmark.add_argument("--output", "-o", required=True, help="folder for benchmark.json and benchmark.md")
+    benchmark.add_argument("--output", "-o", type=output_folder,
+                           required=True, help="folder for benchmark.json and benchmark.md")
     benchmark.add_argument("--bf16", action="store_true", help="run the model in bfloat16, as the authors did")
     benchmark.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     benchmark.set_defaults(run=command_benchmark)
