@@ -203,6 +203,22 @@ def add_verbs(commands) -> None:
     _model_input_arguments(retrieve)
     retrieve.set_defaults(run=command_retrieve)
 
+    _add_fit_grounding(commands)
+
+    evaluate = commands.add_parser("eval", help=command_eval.__doc__)
+    evaluate.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
+    evaluate.add_argument("dataset", type=dataset_reference, help="feature-bag dataset (folder, parquet or Hub id)")
+    evaluate.add_argument("--split", default="test", help="split of a DatasetDict (default test)")
+    evaluate.add_argument("--class-names", nargs="+", type=nonempty, help="zero-shot classes (default: the labels')")
+    evaluate.add_argument("--label-column", default="label", help="column of the diagnoses (class index or name)")
+    evaluate.add_argument("--output", "-o", type=output_folder,
+                          required=True, help="folder for metrics.json and metrics.md")
+    evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
+    evaluate.set_defaults(run=command_eval)
+
+
+def _add_fit_grounding(commands) -> None:
+    """fit-grounding, whose head options default to `GroundingHeadOptions`' own."""
     fit = commands.add_parser("fit-grounding", help=command_fit_grounding.__doc__)
     fit.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
     fit.add_argument("dataset", type=dataset_reference,
@@ -242,15 +258,3 @@ def add_verbs(commands) -> None:
     head_option("--seed", type=nonnegative_int, help="default 0")
     fit.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     fit.set_defaults(run=command_fit_grounding)
-
-    evaluate = commands.add_parser("eval", help=command_eval.__doc__)
-    evaluate.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
-    evaluate.add_argument("dataset", type=dataset_reference, help="feature-bag dataset (folder, parquet or Hub id)")
-    evaluate.add_argument("--split", default="test", help="split of a DatasetDict (default test)")
-    evaluate.add_argument("--class-names", nargs="+", type=nonempty, help="zero-shot classes (default: the labels')")
-    evaluate.add_argument("--label-column", default="label", help="column of the diagnoses (class index or name)")
-    evaluate.add_argument("--output", "-o", type=output_folder,
-                          required=True, help="folder for metrics.json and metrics.md")
-    evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
-    evaluate.set_defaults(run=command_eval)
-
