@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -82,14 +83,12 @@ def _whole(text: str) -> int:
 
 def model_reference(text: str) -> str:
     """A saved model folder, or a Hub id (``org/name``); a path that does not exist is refused here."""
-    from pathlib import Path
-
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
             raise argparse.ArgumentTypeError(f"{text!r} is a file; give the model's folder")
         return str(path)
-    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+    if _names_a_path(text):
         raise argparse.ArgumentTypeError(f"model folder {text!r} does not exist; give a folder saved by pathflip "
                                          "train / convert, or a Hub id such as my-lab/pathflip-brca")  # fmt: skip
     return text
@@ -98,22 +97,23 @@ def model_reference(text: str) -> str:
 def dataset_reference(text: str) -> str:
     """A dataset folder or parquet file(s), or a Hub dataset id (``org/name``); a path that does not exist is refused
     here."""
-    from pathlib import Path
-
     if Path(text).expanduser().exists():
         return str(Path(text).expanduser())
-    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+    if _names_a_path(text):
         raise argparse.ArgumentTypeError(f"dataset {text!r} does not exist; give a folder written by pathflip "
                                          "extract / import, parquet files, or a Hub dataset id such as "
                                          "my-lab/cohort")  # fmt: skip
     return text
 
 
+def _names_a_path(text: str) -> bool:
+    """Whether ``text`` can only be a local path, not a Hub id (``org/name``)."""
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+
+
 def output_folder(text: str) -> str:
     """A folder to write into: refused here if the path is an existing file (the command would fail only once its
     work is done)."""
-    from pathlib import Path
-
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     if Path(text).expanduser().is_file():
@@ -124,8 +124,6 @@ def output_folder(text: str) -> str:
 def check_replaceable_output(output: str, *, inputs: list[str], overwrite: bool) -> None:
     """Refuse an ``--output`` folder that a command writing a whole new folder in its place would lose: one of the
     command's inputs or a folder holding one (always), or a folder that already holds files (unless ``overwrite``)."""
-    from pathlib import Path
-
     target = Path(output).expanduser().resolve()
     for source in inputs:
         path = Path(source).expanduser()
