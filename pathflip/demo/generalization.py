@@ -28,6 +28,8 @@ def run_study(
 ) -> dict:
     """Every (family, seed, variant) run's held-out metrics and the summary over seeds (``study.json``)."""
     _check(families, seeds, variants, num_slides)
+    if Path(output).is_file():
+        raise ValueError(f"output {str(output)!r} is a file; give a folder for the runs")
     runs = []
     for family in families:
         for seed in seeds:
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-slides", type=int, default=150)
     parser.add_argument("--json", help="also copy the study's JSON here (e.g. docs/generalization.json)")
     args = parser.parse_args(argv)
+    if args.json and Path(args.json).is_dir():
+        parser.exit(2, f"{parser.prog}: error: --json {args.json!r} is a folder; give a file such as "
+                       "docs/generalization.json\n")  # fmt: skip
     try:
         study = run_study(Path(args.output), families=args.families, seeds=args.seeds, variants=args.variants,
                           num_slides=args.num_slides)  # fmt: skip

@@ -35,6 +35,14 @@ def test_the_command_line_refuses_a_bad_option_in_one_line(tmp_path, capsys):
         generalization.main(["--output", str(tmp_path), "--seeds", "0", "--num-slides", "3"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().endswith("num_slides must be an int >= 8, got 3")
+    (tmp_path / "runs.txt").write_text("")
+    for argv, message in ((["--output", str(tmp_path / "runs.txt")], "runs.txt' is a file; give a folder for the runs"),
+                          (["--output", str(tmp_path / "runs"), "--json", str(tmp_path)], "is a folder; give a file")):
+        with pytest.raises(SystemExit) as exit_:
+            generalization.main(argv)
+        error = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in error and len(error.strip().splitlines()) == 1, error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs.txt"], "nothing written"
 
 
 def _finished(folder, run, metrics):
