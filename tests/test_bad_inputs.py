@@ -83,6 +83,18 @@ OPTION_CASES = [
     (["check", "d", "--patch-dim", "0"], r"--patch-dim: must be a whole number >= 1"),
     (["decompose", "d", "--model", "m", "-o", "o", "--max-new-tokens", "0"], r"--max-new-tokens: must be a whole"),
     (["frobnicate"], r"invalid choice: 'frobnicate'"),
+    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--learning_rate", "-1"],
+     r"--learning_rate must be a number >= 0, got -1.0"),
+    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--learning_rate", "nan"],
+     r"--learning_rate must be a number >= 0, got nan"),
+    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--weight_decay", "-0.1"],
+     r"--weight_decay must be a number >= 0, got -0.1"),
+    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--per_device_train_batch_size", "0"],
+     r"--per_device_train_batch_size must be a whole number >= 1, got 0"),
+    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--gradient_accumulation_steps", "0"],
+     r"--gradient_accumulation_steps must be a whole number >= 1"),
+    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--num_train_epochs", "0"],
+     r"--num_train_epochs must be a positive number \(or give --max_steps\), got 0"),
 ]  # fmt: skip
 
 
@@ -137,6 +149,8 @@ def _input_cases(tmp, model_dir, bag_file):
           "--datasets", "Camelyon17"], 2, r"--datasets \['Camelyon17'\] are not in the benchmark"),
         (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run"], 2,
          r"neither a dataset folder \(save_to_disk\) nor parquet files"),
+        (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "table.csv"], 2,
+         r"--output_dir '.*table.csv' is a file; give a folder for the run"),
         (["fit-grounding", model_dir, tmp / "absent-data", "-o", tmp / "out"], 2,
          r"dataset '.*absent-data' does not exist; give a folder written by pathflip extract / import"),
         (["eval", model_dir, tmp / "absent-data", "-o", tmp / "eval"], 2, r"dataset '.*absent-data' does not exist"),
@@ -165,7 +179,7 @@ def test_unusable_inputs_name_the_item_and_the_fix(tmp_path, model_dir, bag_file
         assert not (tmp_path / written).exists() or not any((tmp_path / written).rglob("*.partial")), written
     assert (tmp_path / "kept" / "notes.txt").read_text() == "a user's own file"
     assert (model_dir / "config.json").is_file()
-    assert len(cases) >= 37
+    assert len(cases) >= 38
 
 
 # ---- the pipelines' arguments ------------------------------------------------------------------------------------
@@ -241,5 +255,5 @@ def test_hostile_slide_ids_write_inside_the_output_folder(model_dir, bag_factory
 
 
 def test_the_catalogue_holds_sixty_bad_inputs():
-    assert len(OPTION_CASES) + 37 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
+    assert len(OPTION_CASES) + 38 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
     json.dumps([case[0] for case in OPTION_CASES])  # the table stays plain data

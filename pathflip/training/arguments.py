@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainingArguments
 
 from modeling_pathflip.generation_pipeline_pathflip import DEFAULT_INSTRUCTION
 
@@ -91,3 +95,20 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"--{name} must be a positive integer, got {value!r}.")
+
+
+def check_training_arguments(args: TrainingArguments) -> None:
+    """Refuse what the `Trainer` accepts and then trains badly with (a negative learning rate, no steps), or fails on
+    only once the model is built (an output folder that is a file)."""
+    if Path(args.output_dir).is_file():
+        raise ValueError(f"--output_dir {args.output_dir!r} is a file; give a folder for the run.")
+    for name in ("learning_rate", "weight_decay", "max_grad_norm"):  # a learning rate of 0 runs without updates
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < math.inf:
+            raise ValueError(f"--{name} must be a number >= 0, got {value!r}.")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be a whole number >= 1, got {getattr(args, name)!r}.")
+    if args.max_steps <= 0 and not 0 < args.num_train_epochs < math.inf:
+        raise ValueError(f"--num_train_epochs must be a positive number (or give --max_steps), got "
+                         f"{args.num_train_epochs!r}.")  # fmt: skip

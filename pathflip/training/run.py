@@ -24,7 +24,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from .arguments import DataArguments, ModelArguments
+from .arguments import DataArguments, ModelArguments, check_training_arguments
 from .data import check_batch_size, load_splits
 from .recipe import load_recipe, recipe_arguments
 from .stages import alignment_trainer, generation_trainer
@@ -91,6 +91,7 @@ def push_trained_model(hub: dict, model_args, data_args, output_dir: str, result
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Train (``--do_train``), evaluate (``--do_eval``), save and optionally push; returns the metrics."""
     model_args, data_args, training_args = parse_arguments(argv, prog)
+    check_training_arguments(training_args)
     training_args.remove_unused_columns = False  # the processor needs the raw columns
     training_args.dataloader_drop_last = True  # equal batch shapes on every process for the all-gather
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
