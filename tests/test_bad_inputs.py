@@ -166,6 +166,8 @@ def _input_cases(tmp, model_dir, bag_file):
         (["eval", model_dir, tmp / "empty", "-o", tmp / "table.csv"], 2, r"--output/-o: '.*table.csv' is a file; give a"),
         (["heatmap", model_dir, bag_file, "-s", "x", "-o", tmp / "table.csv"], 2, r"--output/-o: .* is a file"),
         (["decompose", tmp / "empty", "--model", "m", "-o", tmp / "empty"], 2, r"would replace the input"),
+        (["retrieve", model_dir, "--index", tmp / "empty", "--query", "x", "--save-index", tmp / "kept"], 2,
+         r"--save-index '.*kept' already holds files"),
     ]  # fmt: skip
 
 
@@ -179,7 +181,7 @@ def test_unusable_inputs_name_the_item_and_the_fix(tmp_path, model_dir, bag_file
         assert not (tmp_path / written).exists() or not any((tmp_path / written).rglob("*.partial")), written
     assert (tmp_path / "kept" / "notes.txt").read_text() == "a user's own file"
     assert (model_dir / "config.json").is_file()
-    assert len(cases) >= 38
+    assert len(cases) >= 39
 
 
 # ---- the pipelines' arguments ------------------------------------------------------------------------------------
@@ -255,5 +257,5 @@ def test_hostile_slide_ids_write_inside_the_output_folder(model_dir, bag_factory
 
 
 def test_the_catalogue_holds_sixty_bad_inputs():
-    assert len(OPTION_CASES) + 38 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
+    assert len(OPTION_CASES) + 39 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
     json.dumps([case[0] for case in OPTION_CASES])  # the table stays plain data

@@ -51,6 +51,9 @@ def command_retrieve(args: argparse.Namespace) -> int:
 
     from ..processing.bags import save_dataset
 
+    if args.save_index:
+        check_replaceable_output(args.save_index, inputs=[args.index] if args.index else [], overwrite=args.overwrite,
+                                 option="--save-index")  # fmt: skip
     retriever = _pipeline("slide-text-retrieval", args)
     if args.slide:
         if not args.text:
@@ -196,7 +199,9 @@ def add_verbs(commands) -> None:
     retrieve.add_argument("--index", type=dataset_reference,
                           help="feature-bag dataset folder, or one saved with --save-index")
     retrieve.add_argument("--query", action="append", help="text to search slides for (repeatable)")
-    retrieve.add_argument("--save-index", help="save the embedded dataset here, to reuse with --index")
+    retrieve.add_argument("--save-index", type=output_folder,
+                          help="save the embedded dataset in this new folder, to reuse with --index")
+    retrieve.add_argument("--overwrite", action="store_true", help="replace --save-index if it already holds files")
     retrieve.add_argument("--slide", help="a bag or slide to rank --text candidates for")
     retrieve.add_argument("--text", action="append", help="candidate text for --slide (repeatable)")
     retrieve.add_argument("--top-k", type=positive_int, default=5)

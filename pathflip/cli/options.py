@@ -121,14 +121,15 @@ def output_folder(text: str) -> str:
     return text
 
 
-def check_replaceable_output(output: str, *, inputs: list[str], overwrite: bool) -> None:
-    """Refuse an ``--output`` folder that a command writing a whole new folder in its place would lose: one of the
-    command's inputs or a folder holding one (always), or a folder that already holds files (unless ``overwrite``)."""
+def check_replaceable_output(output: str, *, inputs: list[str], overwrite: bool, option: str = "--output") -> None:
+    """Refuse an output folder (given as ``option``) that a command writing a whole new folder in its place would
+    lose: one of the command's inputs or a folder holding one (always), or a folder that already holds files (unless
+    ``overwrite``)."""
     target = Path(output).expanduser().resolve()
     for source in inputs:
         path = Path(source).expanduser()
         if path.exists() and (path.resolve() == target or target in path.resolve().parents):
-            raise ValueError(f"--output {output!r} would replace the input {source!r}; write to a new folder.")
+            raise ValueError(f"{option} {output!r} would replace the input {source!r}; write to a new folder.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise ValueError(f"--output {output!r} already holds files, which writing there would delete; choose a new "
+        raise ValueError(f"{option} {output!r} already holds files, which writing there would delete; choose a new "
                          "folder, or pass --overwrite to replace it.")  # fmt: skip
