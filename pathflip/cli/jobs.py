@@ -43,8 +43,8 @@ def add_verbs(commands) -> None:
     # `train` takes the Trainer's own options: `main` hands its arguments over before argparse sees them.
     commands.add_parser("train", help=TRAIN_HELP, add_help=False)
     demo = commands.add_parser("demo", help=command_demo.__doc__)
-    demo.add_argument("--output", "-o", type=output_folder,
-                      default="demo_output", help="folder for everything (default demo_output)")
+    demo.add_argument("--output", "-o", type=output_folder, default="demo_output",
+                      help="folder for everything (default demo_output)")
     demo.add_argument("--seed", type=nonnegative_int, default=0, help="cohort, split and training seed")
     demo.add_argument("--num-slides", type=positive_int, default=150)
     demo.add_argument("--max-steps", type=positive_int, default=200, help="training steps")

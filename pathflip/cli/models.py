@@ -178,8 +178,8 @@ def add_verbs(commands) -> None:
     heatmap.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
     heatmap.add_argument("input", help="a bag (.h5, extracted .safetensors, dataset folder) or a slide file")
     heatmap.add_argument("--sentence", "-s", action="append", required=True, help="text to ground (repeatable)")
-    heatmap.add_argument("--output", "-o", type=output_folder,
-                         required=True, help="folder for the PNG and GeoJSON files")
+    heatmap.add_argument("--output", "-o", type=output_folder, required=True,
+                         help="folder for the PNG and GeoJSON files")
     heatmap.add_argument("--slide", help="the slide, for a thumbnail background when input is a bag")
     heatmap.add_argument("--top-k", type=positive_int, default=20, help="patches written to the GeoJSON")
     _model_input_arguments(heatmap, json_output=False)
@@ -216,8 +216,8 @@ def add_verbs(commands) -> None:
     evaluate.add_argument("--split", default="test", help="split of a DatasetDict (default test)")
     evaluate.add_argument("--class-names", nargs="+", type=nonempty, help="zero-shot classes (default: the labels')")
     evaluate.add_argument("--label-column", default="label", help="column of the diagnoses (class index or name)")
-    evaluate.add_argument("--output", "-o", type=output_folder,
-                          required=True, help="folder for metrics.json and metrics.md")
+    evaluate.add_argument("--output", "-o", type=output_folder, required=True,
+                          help="folder for metrics.json and metrics.md")
     evaluate.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     evaluate.set_defaults(run=command_eval)
 

@@ -61,8 +61,8 @@ def add_verbs(commands) -> None:
     benchmark.add_argument("--features", required=True, help="folder of TRIDENT/CLAM <slide_id>.h5 feature files")
     benchmark.add_argument("--split", choices=["test", "train"], default="test")
     benchmark.add_argument("--datasets", nargs="+", help="a subset of Camelyon16 CPTAC_NSCLC TCGA_RCC TCGA_NSCLC")
-    benchmark.add_argument("--output", "-o", type=output_folder,
-                           required=True, help="folder for benchmark.json and benchmark.md")
+    benchmark.add_argument("--output", "-o", type=output_folder, required=True,
+                           help="folder for benchmark.json and benchmark.md")
     benchmark.add_argument("--bf16", action="store_true", help="run the model in bfloat16, as the authors did")
     benchmark.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     benchmark.set_defaults(run=command_benchmark)
