@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 
@@ -33,6 +34,8 @@ from .trainer import PathFLIPTrainer
 
 logger = logging.getLogger(__name__)
 # model type -> (config, model, processor) classes of the alignment stage
+# What `save_pretrained` writes beside a config's own keys (a model folder's config.json), and the dtype's older name.
+SAVED_CONFIG_KEYS = {"auto_map", "custom_pipelines", "torch_dtype"}
 ALIGNMENT_MODELS = {"pathflip": (PathFLIPConfig, PathFLIPModel, PathFLIPProcessor),
                     "pathflip2": (PathFLIP2Config, PathFLIP2Model, PathFLIP2Processor)}  # fmt: skip
 
@@ -79,7 +82,16 @@ def _alignment_config(name: str) -> PretrainedConfig:
     if model_type not in ALIGNMENT_MODELS:
         raise ValueError(f"--config_name {name} is a {model_type!r} config; the align stage trains "
                          f"{sorted(ALIGNMENT_MODELS)}.")  # fmt: skip
-    return ALIGNMENT_MODELS[model_type][0].from_pretrained(name)
+    config_class = ALIGNMENT_MODELS[model_type][0]
+    # A `PretrainedConfig` keeps any key it is given, so a misspelt option would train with its default.
+    defaults = config_class()
+    options = {*vars(defaults), *defaults.to_dict(), *inspect.signature(config_class.__init__).parameters,
+               *SAVED_CONFIG_KEYS}  # fmt: skip
+    unknown = sorted(set(values) - options)
+    if unknown:
+        raise ValueError(f"--config_name {name}: key(s) {unknown} are not {config_class.__name__} options; fix their "
+                         f"spelling or remove them (see {config_class.__name__}'s documentation).")  # fmt: skip
+    return config_class.from_pretrained(name)
 
 
 def make_compute_metrics(model, processor, labels: tuple | None, data_args: DataArguments):

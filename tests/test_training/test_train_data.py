@@ -88,6 +88,18 @@ def test_refused_before_any_step_naming_the_fix(workspace, tmp_path, capsys, ext
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_a_misspelt_config_key_is_refused_not_left_at_its_default(workspace, tmp_path, capsys):
+    config = json.loads((workspace / "config" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "embed_dimm": 32}))
+    code = main(["train", "--dataset_name_or_path", str(workspace / "dataset"), "--config_name",
+                 str(tmp_path / "config.json"), "--tokenizer_name", str(workspace / "config"), "--output_dir",
+                 str(tmp_path / "run"), "--do_train", "--max_steps", "1", "--report_to", "none",
+                 "--use_cpu"])  # fmt: skip
+    assert code == 2
+    assert "key(s) ['embed_dimm'] are not PathFLIPConfig options" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_parquet_and_streamed_datasets_train(workspace, tmp_path, streaming):
     write_parquet(datasets.load_from_disk(str(workspace / "dataset")), tmp_path / "parquet")
