@@ -33,9 +33,9 @@ from .recipe import load_recipe, recipe_config
 from .trainer import PathFLIPTrainer
 
 logger = logging.getLogger(__name__)
-# model type -> (config, model, processor) classes of the alignment stage
 # What `save_pretrained` writes beside a config's own keys (a model folder's config.json), and the dtype's older name.
 SAVED_CONFIG_KEYS = {"auto_map", "custom_pipelines", "torch_dtype"}
+# model type -> (config, model, processor) classes of the alignment stage
 ALIGNMENT_MODELS = {"pathflip": (PathFLIPConfig, PathFLIPModel, PathFLIPProcessor),
                     "pathflip2": (PathFLIP2Config, PathFLIP2Model, PathFLIP2Processor)}  # fmt: skip
 
