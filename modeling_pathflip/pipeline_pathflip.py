@@ -97,6 +97,13 @@ def _text_or_none(name: str, value: Any) -> str:
     return value
 
 
+def _folder(name: str, value: Any) -> str:
+    value = _text_or_none(name, value)
+    if os.path.isfile(value):
+        raise ValueError(f"{name} {str(value)!r} is a file; give a folder to write the heatmaps into.")
+    return value
+
+
 OPTION_CHECKS = {
     "candidate_labels": lambda name, value: _texts(name, value, "['tumour', 'normal tissue']"),
     "candidate_texts": lambda name, value: _texts(name, value, "['Sheets of tumour cells.', 'Fat.']"),
@@ -106,7 +113,7 @@ OPTION_CHECKS = {
     "heatmap_size": _positive_int,
     "mpp": _mpp,
     "patch_encoder": _text_or_none,
-    "output_dir": _text_or_none,
+    "output_dir": _folder,
     "slide": _text_or_none,
     "use_grounding_head": _flag,
 }

@@ -205,6 +205,7 @@ PIPELINE_CASES = [
     ("slide-grounding", {"sentences": "a", "heatmap_size": 0}, r"heatmap_size must be a positive whole"),
     ("slide-grounding", {"sentences": "a", "top_k": 0}, r"top_k must be a positive"),
     ("slide-grounding", {}, r"sentences must be one or more texts"),
+    ("slide-grounding", {"sentences": "a", "output_dir": __file__}, r"output_dir '.*test_bad_inputs.py' is a file"),
     ("slide-text-retrieval", {"candidate_texts": []}, r"candidate_texts must be a text or a non-empty list"),
     ("slide-text-retrieval", {}, r"give candidate_texts= to rank texts for a slide, or index="),
     ("slide-feature-extraction", {"patch_encoder": " "}, r"patch_encoder must be a non-empty name"),
