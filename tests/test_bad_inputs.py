@@ -47,6 +47,8 @@ def bag_file(tmp_path_factory, bag_factory):
 
 # ---- the command line: options checked before any work ------------------------------------------------------
 
+TRAIN = ["train", "--dataset_name_or_path", "d", "--output_dir", "run"]
+
 OPTION_CASES = [
     (["extract", "s.svs", "-o", "out", "--min-tissue", "2"], r"--min-tissue: must be a fraction between 0 and 1, got '2'"),
     (["extract", "s.svs", "-o", "out", "--min-tissue", "-1"], r"--min-tissue: must be a fraction between 0 and 1"),
@@ -83,17 +85,13 @@ OPTION_CASES = [
     (["check", "d", "--patch-dim", "0"], r"--patch-dim: must be a whole number >= 1"),
     (["decompose", "d", "--model", "m", "-o", "o", "--max-new-tokens", "0"], r"--max-new-tokens: must be a whole"),
     (["frobnicate"], r"invalid choice: 'frobnicate'"),
-    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--learning_rate", "-1"],
-     r"--learning_rate must be a number >= 0, got -1.0"),
-    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--learning_rate", "nan"],
-     r"--learning_rate must be a number >= 0, got nan"),
-    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--weight_decay", "-0.1"],
-     r"--weight_decay must be a number >= 0, got -0.1"),
-    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--per_device_train_batch_size", "0"],
+    ([*TRAIN, "--learning_rate", "-1"], r"--learning_rate must be a number >= 0, got -1.0"),
+    ([*TRAIN, "--learning_rate", "nan"], r"--learning_rate must be a number >= 0, got nan"),
+    ([*TRAIN, "--weight_decay", "-0.1"], r"--weight_decay must be a number >= 0, got -0.1"),
+    ([*TRAIN, "--per_device_train_batch_size", "0"],
      r"--per_device_train_batch_size must be a whole number >= 1, got 0"),
-    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--gradient_accumulation_steps", "0"],
-     r"--gradient_accumulation_steps must be a whole number >= 1"),
-    (["train", "--dataset_name_or_path", "d", "--output_dir", "run", "--num_train_epochs", "0"],
+    ([*TRAIN, "--gradient_accumulation_steps", "0"], r"--gradient_accumulation_steps must be a whole number >= 1"),
+    ([*TRAIN, "--num_train_epochs", "0"],
      r"--num_train_epochs must be a positive number \(or give --max_steps\), got 0"),
 ]  # fmt: skip
 
