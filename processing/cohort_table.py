@@ -10,6 +10,8 @@ column is kept in the dataset. Labels become a `datasets.ClassLabel` whose names
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,14 @@ from typing import Any
 import datasets
 
 KNOWN_COLUMNS = ("slide", "slide_id", "mpp", "caption", "label", "split")
+# Columns every bag already has: a table column of that name would replace the slide's own.
+BAG_COLUMNS = ("features", "coords", "patch_size_level0", "encoder")
 DEFAULT_SPLIT = "train"
+# `datasets`' rule for split names; a split is also a folder name, so this keeps it inside the dataset folder.
+SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
+# Every value as text; a spreadsheet's byte-order mark is not part of the first column's name; a row with more
+# fields than the header is an error, not a shift of every column (pandas' default takes the first as an index).
+TEXT_TABLE = {"dtype": str, "keep_default_na": False, "encoding": "utf-8-sig", "index_col": False}
 
 
 @dataclass(frozen=True)
@@ -63,28 +72,65 @@ def read_cohort_table(path: str | Path, *, class_order: Sequence[str] | None = N
     import pandas as pd
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cohort table {path} is a folder; give the table file (.csv, .tsv or .parquet).")
     if not path.is_file():
         raise FileNotFoundError(f"cohort table {path} does not exist.")
-    readers = {".csv": lambda: pd.read_csv(path, dtype=str, keep_default_na=False),
-               ".tsv": lambda: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False),
+    readers = {".csv": lambda: pd.read_csv(path, **TEXT_TABLE),
+               ".tsv": lambda: pd.read_csv(path, sep="\t", **TEXT_TABLE),
                ".parquet": lambda: pd.read_parquet(path)}  # fmt: skip
     if path.suffix.lower() not in readers:
         raise ValueError(f"cohort table {path}: expected a .csv, .tsv or .parquet file, got {path.suffix!r}.")
-    frame = readers[path.suffix.lower()]()
+    frame = _read_frame(path, readers[path.suffix.lower()])
     if "slide" not in frame.columns:
         raise ValueError(f"cohort table {path} has no 'slide' column (it has {list(frame.columns)}); add one with "
                          "each slide's path, relative to the table.")  # fmt: skip
+    clashing = [column for column in frame.columns if column in BAG_COLUMNS]
+    if clashing:
+        raise ValueError(f"cohort table {path}: column(s) {clashing} would replace what every bag holds; rename "
+                         "them (the extractor writes those columns).")  # fmt: skip
     extras = [column for column in frame.columns if column not in KNOWN_COLUMNS]
     rows = [_row(path, number + 2, record, extras) for number, record in enumerate(frame.to_dict("records"))]
     if not rows:
         raise ValueError(f"cohort table {path} has no rows.")
-    duplicates = sorted(name for name, count in Counter(row.slide_id for row in rows).items() if count > 1)
-    if duplicates:
-        raise ValueError(f"cohort table {path}: slide_id {duplicates[:5]} appear more than once; give each slide "
-                         "its own slide_id.")  # fmt: skip
+    _check_unique(path, rows)
     extra_features = datasets.Features.from_arrow_schema(
         datasets.Dataset.from_pandas(frame[extras], preserve_index=False).data.schema) if extras else {}  # fmt: skip
     return CohortTable(path, rows, class_names(rows, class_order, path), dict(extra_features))
+
+
+def _read_frame(path: Path, read):
+    """The table as a frame; a file pandas cannot parse is named with the fix."""
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return read()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"cohort table {path} is not UTF-8 text ({error.reason} at byte {error.start}); save it "
+                         "as UTF-8 (CSV UTF-8 in a spreadsheet).") from error  # fmt: skip
+    except pd.errors.EmptyDataError as error:
+        raise ValueError(f"cohort table {path} is empty; give a header line and one row per slide.") from error
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as error:
+        raise ValueError(f"cohort table {path} cannot be parsed ({str(error).strip()}); quote any value that "
+                         "holds the separator, e.g. \"Tumour, grade 2.\"") from error  # fmt: skip
+
+
+def _check_unique(path: Path, rows: list[CohortRow]) -> None:
+    """One row per slide id and per slide file, and split names that differ in more than their case."""
+    for what, values, fix in (
+        ("slide_id", [row.slide_id for row in rows], "give each slide its own slide_id"),
+        ("slide", [str(row.slide) for row in rows], "list each slide file once"),
+    ):
+        duplicates = sorted(name for name, count in Counter(values).items() if count > 1)
+        if duplicates:
+            raise ValueError(f"cohort table {path}: {what} {duplicates[:5]} appear more than once; {fix}.")
+    splits = sorted({row.split for row in rows})
+    folded = sorted(name for name, count in Counter(split.lower() for split in splits).items() if count > 1)
+    if folded:
+        raise ValueError(f"cohort table {path}: split names {[s for s in splits if s.lower() in folded]} differ "
+                         "only in case; spell each split one way.")  # fmt: skip
 
 
 def _row(path: Path, line: int, record: dict, extras: list[str]) -> CohortRow:
@@ -95,8 +141,12 @@ def _row(path: Path, line: int, record: dict, extras: list[str]) -> CohortRow:
     slide_path = (path.parent / slide).resolve() if not Path(slide).is_absolute() else Path(slide)
     slide_id = _text(record.get("slide_id")) or Path(slide).stem
     mpp = _mpp(record.get("mpp"), f"{where} (slide {slide_id!r})")
+    split = _text(record.get("split")) or DEFAULT_SPLIT
+    if not SPLIT_NAME.match(split):
+        raise ValueError(f"{where} (slide {slide_id!r}): split {split!r} is not a split name; use letters, digits "
+                         "and _ only (e.g. train, test, hold_out).")  # fmt: skip
     return CohortRow(slide=slide_path, slide_id=slide_id, mpp=mpp, caption=_text(record.get("caption")),
-                     label=_text(record.get("label")), split=_text(record.get("split")) or DEFAULT_SPLIT,
+                     label=_text(record.get("label")), split=split,
                      extra={column: record[column] for column in extras})  # fmt: skip
 
 

@@ -206,18 +206,26 @@ def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, 
     return tiling, features
 
 
-def write_bag_file(path: Path, tiling: Tiling, features: torch.Tensor, encoder: PatchEncoder) -> None:
-    """Write one slide's bag atomically (temporary file, then rename), so a killed run leaves no half file."""
+def write_bag_file(path: Path, tiling: Tiling, features: torch.Tensor, encoder: PatchEncoder, *,
+                   source: Path | None = None) -> None:  # fmt: skip
+    """Write one slide's bag atomically (temporary file, then rename), so a killed run leaves no half file;
+    ``source`` (the slide file) is recorded by name and size, so that a rerun notices a different file."""
     metadata = {
         "slide_id": tiling.slide_id,
         "patch_size_level0": str(tiling.patch_size_level0),
         "patch_size": str(tiling.patch_size),
         "mpp": str(tiling.mpp),
         "encoder": encoder.name,
+        **(_source_stamp(source) if source is not None else {}),
     }
     tensors = {"features": features.contiguous(), "coords": torch.from_numpy(tiling.coords.astype(np.int32))}
     with atomic_path(path) as partial:
         save_file(tensors, str(partial), metadata=metadata)
+
+
+def _source_stamp(source: Path) -> dict[str, str]:
+    """What identifies a slide file across a move to another folder: its name and its size in bytes."""
+    return {"source_name": source.name, "source_bytes": str(source.stat().st_size)}
 
 
 def read_bag_file(path: Path) -> dict:
@@ -248,7 +256,7 @@ def bag_metadata(path: Path) -> dict[str, str] | None:
         return None
 
 
-def _manifest(encoder: PatchEncoder, options: ExtractionOptions) -> dict:
+def _manifest(encoder: PatchEncoder, options: ExtractionOptions, cohort: CohortTable | None = None) -> dict:
     import importlib.metadata as md
 
     versions = {}
@@ -257,14 +265,18 @@ def _manifest(encoder: PatchEncoder, options: ExtractionOptions) -> dict:
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
             versions[package] = None
-    return {"encoder": encoder.describe(), "options": asdict(options), "versions": versions}
+    table = str(cohort.path) if cohort is not None else None
+    return {"encoder": encoder.describe(), "options": asdict(options), "versions": versions, "cohort_table": table}
 
 
 def check_manifest(output: Path, manifest: dict) -> None:
     """Write the manifest of a new output folder, or check that a resumed run makes the same features: it must
     keep the encoder and every option in `FEATURE_OPTIONS` (the others, such as workers, may change)."""
     path = output / "manifest.json"
-    if not path.exists():
+    if not path.exists() and output.is_dir() and any(output.iterdir()):
+        raise ValueError(f"--output {output} already holds files but no extraction (no manifest.json); extract "
+                         "into a new or empty folder, or into an earlier extraction's to resume it.")  # fmt: skip
+    if not path.exists() or not any((output / "bags").glob("*.safetensors")):  # no bag yet: nothing to keep
         write_text(path, json.dumps(manifest, indent=2) + "\n")
         return
     previous = json.loads(path.read_text())
@@ -274,6 +286,9 @@ def check_manifest(output: Path, manifest: dict) -> None:
             f"uses {manifest['encoder'].get('name')!r} ({manifest['encoder']}): resume with --encoder "
             f"{previous['encoder'].get('name')}, or write to a new --output folder."
         )
+    if previous.get("cohort_table") and not manifest["cohort_table"]:
+        raise ValueError(f"{output}'s dataset was built from the cohort table {previous['cohort_table']} (its splits, "
+                         "captions and labels); give --table again, or write to a new --output folder.")  # fmt: skip
     before, now = _feature_options(previous["options"]), _feature_options(manifest["options"])
     for name, flag in FEATURE_OPTIONS.items():
         if before.get(name) != now.get(name):
@@ -281,6 +296,8 @@ def check_manifest(output: Path, manifest: dict) -> None:
                 f"{output} holds bags made with {flag} {before.get(name)}, this run asks for {flag} {now.get(name)}: "
                 f"it changes the features. Resume with {flag} {before.get(name)}, or write to a new --output folder."
             )
+    if manifest["cohort_table"] and manifest["cohort_table"] != previous.get("cohort_table"):
+        write_text(path, json.dumps({**previous, "cohort_table": manifest["cohort_table"]}, indent=2) + "\n")
 
 
 def _feature_options(options: dict) -> dict:
@@ -305,7 +322,7 @@ def run_extraction(
     output = Path(output)
     specs = [slide if isinstance(slide, SlideSpec) else SlideSpec(Path(slide)) for slide in slides]
     if state.is_main_process:
-        check_manifest(output, _manifest(encoder, options))
+        check_manifest(output, _manifest(encoder, options, cohort))
     state.wait_for_everyone()
     (output / "bags").mkdir(parents=True, exist_ok=True)
     device = state.device
@@ -324,7 +341,7 @@ def run_extraction(
             tiling = tile_file(Path(spec.path), options, mpp=spec.mpp, slide_id=spec.name)
             _record_tissue(report, tiling, output)
             _, features = encode_slide(Path(spec.path), encoder, options, device, mpp=spec.mpp, tiling=tiling)
-            write_bag_file(bag_path, tiling, features, encoder)
+            write_bag_file(bag_path, tiling, features, encoder, source=Path(spec.path))
             report.done.append(spec.name)
         except SlideError as error:
             report.failed[spec.name] = str(error)
@@ -361,6 +378,11 @@ def _stale_reason(bag_path: Path, spec: SlideSpec) -> str | None:
         return f"{bag_path.name} could not be read (a torn or empty file)"
     if spec.mpp is not None and not math.isclose(float(metadata.get("mpp", "nan")), spec.mpp, rel_tol=1e-6):
         return f"its bag was made at mpp {metadata.get('mpp')}, the cohort table now says {spec.mpp}"
+    if "source_name" in metadata and Path(spec.path).is_file():  # bags written before the stamp are kept
+        now = _source_stamp(Path(spec.path))
+        if {key: metadata[key] for key in now} != now:
+            return (f"its bag was made from {metadata['source_name']} ({metadata['source_bytes']} bytes), the slide "
+                    f"is now {now['source_name']} ({now['source_bytes']} bytes)")  # fmt: skip
     return None
 
 

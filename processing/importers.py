@@ -384,19 +384,28 @@ def _load_captions(captions: Mapping[str, str] | str | Path | None) -> dict[str,
 def _caption_records(path: Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise ValueError(f"captions file {path} does not exist.")
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            records = list(csv.DictReader(handle))
-    elif path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif path.suffix == ".json":
-        records = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(records, dict):
-            return list(records.items())
-    else:
-        raise ValueError(f"captions file {path}: expected .csv, .json or .jsonl.")
-    if not all(isinstance(record, dict) and {"slide_id", "caption"} <= record.keys() for record in records):
-        raise ValueError(f"captions file {path}: every record needs 'slide_id' and 'caption' columns.")
+    try:
+        if path.suffix == ".csv":
+            with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
+                records = list(csv.DictReader(handle))
+        elif path.suffix == ".jsonl":
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif path.suffix == ".json":
+            records = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(records, dict):
+                return list(records.items())
+        else:
+            raise ValueError(f"captions file {path}: expected .csv, .json or .jsonl.")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"captions file {path} is not UTF-8 text; save it as UTF-8.") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"captions file {path} is not valid JSON ({error.msg} at line {error.lineno}); fix the "
+                         "file.") from error  # fmt: skip
+    if not isinstance(records, list) or not all(isinstance(record, dict) and {"slide_id", "caption"} <= record.keys()
+                                                for record in records):  # fmt: skip
+        found = sorted(records[0]) if isinstance(records, list) and records and isinstance(records[0], dict) else []
+        raise ValueError(f"captions file {path}: every record needs 'slide_id' and 'caption' columns (the first "
+                         f"has {found}).")  # fmt: skip
     return [(record["slide_id"], record["caption"]) for record in records]
 
 

@@ -2,7 +2,7 @@
 
 Exit codes: 0 done; 1 done in part (some slides failed, listed) or stopped by the machine (a file, folder,
 permission or disk problem, named); 2 bad input (an option, a file or a model that cannot be used, named with
-the fix), nothing done. ``--debug`` shows the traceback of an error.
+the fix), nothing done; 130 interrupted (Ctrl-C). ``--debug`` shows the traceback of an error.
 """
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
             return jobs.command_train(verb[1:])
         args = build_parser().parse_args(argv)
         return args.run(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        again = ("add --resume_from_checkpoint to the same command to go on from the last checkpoint"
+                 if verb[:1] == ["train"] else "run the same command again to go on")  # fmt: skip
+        print(f"interrupted: finished work is kept; {again}.", file=sys.stderr)
+        return 130
     except Exception as error:
         if debug:
             raise

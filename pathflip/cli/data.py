@@ -121,6 +121,9 @@ def command_import(args: argparse.Namespace) -> int:
     cohort table describes the slides)."""
     from ..processing import importers
 
+    if args.captions and args.table:
+        raise ValueError(f"--captions {args.captions} and --table {args.table} both give captions; put them in the "
+                         "table's caption column and leave out --captions.")  # fmt: skip
     inputs = [path for path in (args.folder, args.coords_dir, args.captions, args.table) if path]
     check_replaceable_output(args.output, inputs=inputs, overwrite=args.overwrite)
     cohort = _cohort(args)

@@ -39,11 +39,29 @@ def test_rows_ids_mpp_labels_splits_and_extra_columns(tmp_path):
         ("slide\n\n", {}, r"has no rows"),
         ("slide,label\na.svs,x\nb.svs,y\n", {"class_order": ["x"]}, r"must name .*missing \['y'\]"),
         ("slide,label\na.svs,x\n", {"class_order": ["x", "z"]}, r"names \['z'\], which no row"),
+        ("slide,split\na.svs,hold-out\n", {}, r"line 2 \(slide 'a'\): split 'hold-out' is not a split name"),
+        ("slide,split\na.svs,../../elsewhere\n", {}, r"split '../../elsewhere' is not a split name"),
+        ("slide,split\na.svs,Train\nb.svs,train\n", {}, r"split names \['Train', 'train'\] differ only in case"),
+        ("slide,slide_id\na.svs,s1\na.svs,s2\n", {}, r"slide \['.*a.svs'\] appear more than once"),
+        ("slide,coords\na.svs,0\n", {}, r"column\(s\) \['coords'\] would replace what every bag holds"),
+        ("slide,caption\na.svs,Tumour, grade 2.\n", {}, r"cannot be parsed .*quote any value that holds the separator"),
+        ("slide,caption,label\na.svs,Tumour, grade 2.,x\n", {}, r"cannot be parsed"),
+        ("", {}, r"is empty; give a header line"),
     ],
 )  # fmt: skip
 def test_bad_tables_name_the_row_and_the_fix(tmp_path, text, options, message):
     with pytest.raises(ValueError, match=message):
         read_cohort_table(_table(tmp_path, text), **options)
+
+
+def test_a_spreadsheet_table_with_a_byte_order_mark_or_latin_1(tmp_path):
+    (tmp_path / "cohort.csv").write_bytes("\ufeffslide,caption\na.svs,\"Tumour, grade 2.\"\n".encode())
+    assert read_cohort_table(tmp_path / "cohort.csv").rows[0].caption == "Tumour, grade 2."
+    (tmp_path / "cohort.csv").write_bytes("slide,caption\na.svs,Ulcération.\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"cohort.csv is not UTF-8 text .*save it as UTF-8"):
+        read_cohort_table(tmp_path / "cohort.csv")
+    with pytest.raises(ValueError, match=r"is a folder; give the table file"):
+        read_cohort_table(tmp_path)
 
 
 def test_extract_with_a_table_builds_splits_labels_and_per_slide_mpp(tmp_path, slide_factory, capsys):
@@ -90,6 +108,30 @@ def test_a_torn_or_empty_bag_is_extracted_again(tmp_path, slide_factory, capsys)
     assert len(datasets.load_from_disk(str(tmp_path / "dataset"))) == 2
 
 
+def test_extract_keeps_what_it_did_not_write_and_notices_a_changed_slide(tmp_path, slide_factory, capsys):
+    first, second = slide_factory("kept-a"), slide_factory("kept-b", seed=4)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.json").write_text("{}")
+    arguments = ["extract", "--num-workers", "0", "-o"]
+    assert main([*arguments, str(tmp_path / "mine"), str(first)]) == 2
+    assert "already holds files but no extraction" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "report.json").read_text() == "{}"
+    # a run that extracted nothing does not tie the folder to its options
+    assert main([*arguments, str(tmp_path / "out"), str(tmp_path / "absent.svs"), "--target-mpp", "1"]) == 1
+    table = _table(tmp_path, f"slide,slide_id,split\n{first},case-1,train\n")
+    assert main([*arguments, str(tmp_path / "out"), "--table", str(table)]) == 0
+    # the table now names another file for the same slide id: its bag is made again
+    table.write_text(f"slide,slide_id,split\n{second},case-1,train\n")
+    capsys.readouterr()
+    assert main([*arguments, str(tmp_path / "out"), "--table", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "1 extracted" in out and "was made from kept-a.tiff" in out and "now kept-b.tiff" in out
+    # without the table the labelled dataset would be replaced by a plain one
+    assert main([*arguments, str(tmp_path / "out"), str(second)]) == 2
+    assert "built from the cohort table" in capsys.readouterr().err
+    assert sorted(datasets.load_from_disk(str(tmp_path / "out" / "dataset"))) == ["train"]
+
+
 def test_import_with_a_table(tmp_path):
     folder = tmp_path / "h5"
     folder.mkdir()
@@ -106,3 +148,7 @@ def test_import_with_a_table(tmp_path):
     assert dataset["train"]["slide_id"] == ["s1"] and dataset["test"]["slide_id"] == ["s2"], "stray.h5 not in table"
     assert dataset["train"]["mpp"] == [pytest.approx(0.25)] and dataset["test"]["mpp"] == [None]
     assert dataset["train"].features["label"].names == ["a", "b"] and dataset["train"]["label"] == [1]
+    (tmp_path / "captions.csv").write_text("slide_id,caption\ns1,Other.\n")
+    assert main(["import", str(folder), "--table", str(table), "--captions", str(tmp_path / "captions.csv"),
+                 "-o", str(tmp_path / "again")]) == 2, "two sources of captions"  # fmt: skip
+    assert not (tmp_path / "again").exists()

@@ -101,13 +101,14 @@ def test_mpp_from_attrs_wins_over_option(tmp_path):
     assert dict(zip(dataset["slide_id"], dataset["mpp"], strict=True)) == {"with-mpp": 0.25, "without-mpp": 0.5}
 
 
-@pytest.mark.parametrize("source", ["mapping", "csv", "json", "jsonl"])
+@pytest.mark.parametrize("source", ["mapping", "csv", "csv-from-a-spreadsheet", "json", "jsonl"])
 def test_captions(trident_folder, tmp_path, source):
     folder, _ = trident_folder
     captions = {"slide-a": "Invasive carcinoma.", "slide-c": "Benign fat."}
-    if source == "csv":
+    if source.startswith("csv"):
         path = tmp_path / "captions.csv"
-        path.write_text("slide_id,caption\n" + "".join(f'{k},"{v}"\n' for k, v in captions.items()))
+        mark = "\ufeff" if source == "csv-from-a-spreadsheet" else ""  # the byte-order mark Excel writes
+        path.write_text(mark + "slide_id,caption\n" + "".join(f'{k},"{v}"\n' for k, v in captions.items()))
         captions = path
     elif source == "json":
         path = tmp_path / "captions.json"
@@ -119,6 +120,20 @@ def test_captions(trident_folder, tmp_path, source):
         captions = path
     dataset = import_h5_folder(folder, captions=captions)
     assert dataset["caption"][:] == ["Invasive carcinoma.", None, "Benign fat."]
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("c.json", "{'slide-a': 'x'}", r"c.json is not valid JSON \(Expecting property name .* at line 1\); fix"),
+        ("c.csv", "slide,text\nslide-a,x\n", r"c.csv: every record needs .*has \['slide', 'text'\]"),
+        ("c.json", "3", r"c.json: every record needs 'slide_id' and 'caption' columns \(the first has \[\]\)"),
+    ],
+)  # fmt: skip
+def test_bad_captions_files_are_named(trident_folder, tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        import_h5_folder(trident_folder[0], captions=tmp_path / name)
 
 
 def test_output_folder_is_loadable_and_clean(trident_folder, tmp_path):
