@@ -14,6 +14,7 @@ from .options import (
     check_replaceable_output,
     dataset_reference,
     fraction,
+    language_model_reference,
     nonempty,
     nonnegative_int,
     output_folder,
@@ -149,12 +150,9 @@ def command_import(args: argparse.Namespace) -> int:
 
 def command_check(args: argparse.Namespace) -> int:
     """Check every row of a feature-bag dataset (what training checks before its first step)."""
-    import datasets
+    from ..processing.bags import check_bag_dataset, load_bag_dataset
 
-    from ..processing.bags import check_bag_dataset
-
-    loaded = datasets.load_from_disk(args.dataset)
-    splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"dataset": loaded}
+    splits = load_bag_dataset(args.dataset)  # what training reads; a plain dataset is its train split
     if args.split:
         if args.split not in splits:
             raise ValueError(f"--split {args.split!r} is not a split of {args.dataset}; it has {list(splits)}.")
@@ -219,15 +217,17 @@ def add_verbs(commands) -> None:
     importer.set_defaults(run=command_import)
 
     check = commands.add_parser("check", help=command_check.__doc__)
-    check.add_argument("dataset", type=dataset_reference, help="feature-bag dataset folder (save_to_disk)")
-    check.add_argument("--split", help="one split of a DatasetDict (default: all)")
+    check.add_argument("dataset", type=dataset_reference,
+                       help="feature-bag dataset: folder (save_to_disk), parquet files or Hub id")  # fmt: skip
+    check.add_argument("--split", help="one split (default: all; a dataset without splits is 'train')")
     check.add_argument("--patch-dim", type=positive_int, help="the feature dimension the model reads")
     check.add_argument("--captions", action="store_true", help="every row needs a caption (training does)")
     check.set_defaults(run=command_check)
 
     decompose = commands.add_parser("decompose", help=command_decompose.__doc__)
     decompose.add_argument("dataset", type=dataset_reference, help="feature-bag dataset folder (save_to_disk)")
-    decompose.add_argument("--model", required=True, help="local causal LM folder or Hub id")
+    decompose.add_argument("--model", type=language_model_reference, required=True,
+                           help="local causal LM folder or Hub id")  # fmt: skip
     decompose.add_argument("--output", "-o", type=output_folder, required=True, help="new dataset folder to write")
     decompose.add_argument("--overwrite", action="store_true", help="replace --output if it already holds files")
     decompose.add_argument("--batch-size", type=positive_int, default=8)

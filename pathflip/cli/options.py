@@ -83,14 +83,24 @@ def _whole(text: str) -> int:
 
 def model_reference(text: str) -> str:
     """A saved model folder, or a Hub id (``org/name``); a path that does not exist is refused here."""
+    return _model_folder_or_id(text, "a folder saved by pathflip train / convert, or a Hub id such as "
+                                     "my-lab/pathflip-brca")  # fmt: skip
+
+
+def language_model_reference(text: str) -> str:
+    """A causal language model's folder, or a Hub id; a path that does not exist is refused here."""
+    return _model_folder_or_id(text, "a causal language model's folder (config.json and weights), or a Hub id "
+                                     "such as Qwen/Qwen2.5-0.5B-Instruct")  # fmt: skip
+
+
+def _model_folder_or_id(text: str, expected: str) -> str:
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
             raise argparse.ArgumentTypeError(f"{text!r} is a file; give the model's folder")
         return str(path)
     if _names_a_path(text):
-        raise argparse.ArgumentTypeError(f"model folder {text!r} does not exist; give a folder saved by pathflip "
-                                         "train / convert, or a Hub id such as my-lab/pathflip-brca")  # fmt: skip
+        raise argparse.ArgumentTypeError(f"model folder {text!r} does not exist; give {expected}")
     return text
 
 

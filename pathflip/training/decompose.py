@@ -45,27 +45,42 @@ def decompose_dataset(
     max_new_tokens: int = 200,
     batch_size: int = 8,
 ) -> tuple[datasets.Dataset, DecompositionReport]:
-    """Add (or replace) a ``subcaptions`` column decomposed by the causal LM at ``model`` (path or Hub id)."""
-    from transformers import pipeline
-
+    """Add (or replace) a ``subcaptions`` column decomposed by the causal LM at ``model`` (path or Hub id); a row
+    without a caption gets none."""
     if caption_column not in dataset.column_names:
         raise ValueError(f"the dataset has no {caption_column!r} column (has {dataset.column_names}).")
-    generator = pipeline("text-generation", model=model)
-    if generator.tokenizer.pad_token is None:
-        generator.tokenizer.pad_token = generator.tokenizer.eos_token
-    captions = [caption or "" for caption in dataset[caption_column]]
-    prompts = [PROMPT.format(caption=caption) for caption in captions]
+    captions = [(caption or "").strip() for caption in dataset[caption_column]]
+    written = [index for index, caption in enumerate(captions) if caption]
+    if not written:
+        raise ValueError(f"no row of the dataset has a caption in {caption_column!r}; add captions (pathflip extract "
+                         "--table with a caption column) before decomposing them.")  # fmt: skip
+    generator = _causal_lm_pipeline(model)
+    prompts = [PROMPT.format(caption=captions[index]) for index in written]
     outputs = generator(
         prompts, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False, batch_size=batch_size
     )
-    report = DecompositionReport(rows=len(captions))
-    subcaptions = []
-    for caption, output in zip(captions, outputs, strict=True):
+    report = DecompositionReport(rows=len(written))
+    subcaptions: list[list[str]] = [[] for _ in captions]
+    for index, output in zip(written, outputs, strict=True):
         findings = parse_findings(output[0]["generated_text"])
         if not findings:
             report.fallbacks += 1
-            findings = split_sentences(caption)
-        subcaptions.append(findings)
+            findings = split_sentences(captions[index])
+        subcaptions[index] = findings
     if "subcaptions" in dataset.column_names:
         dataset = dataset.remove_columns("subcaptions")
     return dataset.add_column("subcaptions", subcaptions), report
+
+
+def _causal_lm_pipeline(model: str):
+    """A text-generation pipeline of ``model``, refused with a one-line reason when it is not a causal LM."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, pipeline
+
+    config = AutoConfig.from_pretrained(model)
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ValueError(f"--model {model} is a {config.model_type!r} model, not a causal language model; give a "
+                         "text-generation model (e.g. a Qwen or LLaMA folder).")  # fmt: skip
+    generator = pipeline("text-generation", model=model)
+    if generator.tokenizer.pad_token is None:
+        generator.tokenizer.pad_token = generator.tokenizer.eos_token
+    return generator

@@ -71,6 +71,17 @@ def test_bad_input_gets_an_error_line_not_a_traceback(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_ctrl_c_ends_in_one_line_that_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    from pathflip.cli import data
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "command_tile", interrupted)
+    assert main(["tile", str(tmp_path / "s.svs"), "-o", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err == ("interrupted: finished work is kept; run the same command again to go on.\n")
+
+
 @pytest.fixture
 def saved_model(tmp_path, model, processor):
     from modeling_pathflip import save_pretrained_with_pipelines
