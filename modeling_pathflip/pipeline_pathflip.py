@@ -12,6 +12,7 @@ list of results. Paths, slide thumbnails and heatmap files go through an *input 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -223,8 +224,14 @@ class _SlidePipeline(Pipeline):
             "bag": {name: batch[name] for name in self.processor.bag_input_names},
             "coords": batch["patch_coords"][0],
             "patch_size_level0": None if patch_size is None else int(patch_size),
-            "slide_id": str(bags[0].get("slide_id") or "slide"),
+            "slide_id": str(bags[0].get("slide_id") or _anonymous_slide_id(batch["patch_coords"][0])),
         }
+
+
+def _anonymous_slide_id(coords: torch.Tensor) -> str:
+    """A name for a bag given without a slide_id, the same for the same patch grid (files of two such bags in one
+    output folder must not replace each other)."""
+    return f"slide-{_digest(coords.cpu().numpy().tobytes())}"
 
 
 class SlideFeatureExtractionPipeline(_SlidePipeline):
@@ -288,8 +295,8 @@ class SlideGroundingPipeline(_SlidePipeline):
     """bag + sentences -> per sentence: patch scores (aligned with the bag's coords), region scores, a heatmap
     raster at thumbnail scale and a GeoJSON FeatureCollection of the top patches (level-0 pixels, QuPath).
 
-    With ``output_dir`` each sentence also gets ``{slide_id}_{sentence}.png`` (the heatmap over the slide
-    thumbnail when the input or ``slide=`` is a slide file, else over the patch grid) and ``.geojson``.
+    With ``output_dir`` each sentence also gets ``{slide_id}_{its first words}-{digest}.png`` (the heatmap over the
+    slide thumbnail when the input or ``slide=`` is a slide file, else over the patch grid) and ``.geojson``.
     """
 
     preprocess_options = ("sentences", "slide", "heatmap_size", "patch_encoder", "mpp")
@@ -371,8 +378,14 @@ class SlideGroundingPipeline(_SlidePipeline):
 
 
 def _file_stem(sentence: str) -> str:
-    """A file-name part for a sentence: lower-case words joined by dashes, at most 60 characters."""
-    return re.sub(r"[^a-z0-9]+", "-", sentence.lower()).strip("-")[:60] or "sentence"
+    """A file-name part for a sentence: its first lower-case words joined by dashes, then a digest of the whole
+    sentence, so that sentences differing only after the cut, in case or in punctuation get files of their own."""
+    words = re.sub(r"[^a-z0-9]+", "-", sentence.lower()).strip("-")[:48].strip("-") or "sentence"
+    return f"{words}-{_digest(sentence.encode())}"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:8]
 
 
 class SlideTextRetrievalPipeline(_SlidePipeline):

@@ -255,6 +255,18 @@ def test_hostile_slide_ids_write_inside_the_output_folder(model_dir, bag_factory
     assert all(len(path.name) < 200 for path in written)
 
 
+def test_sentences_and_bags_that_would_share_a_file_name_get_files_of_their_own(model_dir, bag_factory, tmp_path):
+    ground = pipeline("slide-grounding", model=str(model_dir))
+    alike = ["An invasive carcinoma nest with hyperchromatic nuclei in the left part of the tissue.",
+             "An invasive carcinoma nest with hyperchromatic nuclei in the right part of the tissue.",
+             "Tumour.", "tumour!"]  # fmt: skip
+    unnamed = [{key: value for key, value in bag_factory(seed, 20 + seed).items() if key != "slide_id"}
+               for seed in (0, 1)]  # fmt: skip
+    results = [result for bag in unnamed for result in ground(bag, sentences=alike, output_dir=str(tmp_path))]
+    assert len({result["png_file"] for result in results}) == len(results) == 8
+    assert len(list(tmp_path.glob("*.png"))) == 8 and len(list(tmp_path.glob("*.geojson"))) == 8
+
+
 def test_the_catalogue_holds_sixty_bad_inputs():
     assert len(OPTION_CASES) + 39 + len(PIPELINE_CASES) + len(BAD_BAGS) + len(HOSTILE_IDS) >= 60
     json.dumps([case[0] for case in OPTION_CASES])  # the table stays plain data

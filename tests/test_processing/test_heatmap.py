@@ -66,9 +66,11 @@ def test_heatmap_command_writes_png_and_geojson_over_the_slide(tmp_path, slide_f
     arguments = ["heatmap", str(tmp_path / "model"), str(bag), "-s", "dense tumour", "-s", "fibrous stroma",
                  "-o", str(tmp_path / "maps"), "--slide", str(slide), "--top-k", "5"]  # fmt: skip
     assert main(arguments) == 0
-    image = Image.open(tmp_path / "maps" / "heatmap-slide_dense-tumour.png")
+    (image_file,) = (tmp_path / "maps").glob("heatmap-slide_dense-tumour-*.png")
+    image = Image.open(image_file)
     assert max(image.size) == 1024 and image.size[0] / image.size[1] == pytest.approx(2048 / 1536, rel=0.01)
-    collection = json.loads((tmp_path / "maps" / "heatmap-slide_fibrous-stroma.geojson").read_text())
+    (geojson_file,) = (tmp_path / "maps").glob("heatmap-slide_fibrous-stroma-*.geojson")
+    collection = json.loads(geojson_file.read_text())
     assert len(collection["features"]) == 5
     for feature in collection["features"]:
         ring = feature["geometry"]["coordinates"][0]
