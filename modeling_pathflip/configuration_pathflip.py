@@ -237,17 +237,7 @@ class PathFLIPConfig(_ServedPipelinesConfig):
 
     def _validate(self) -> None:
         """Raise `ValueError` on values that cannot build a working model."""
-        positive = (
-            "patch_dim", "patch_projection_dim", "num_query_tokens", "region_grid_size", "region_chunk_size",
-            "context_heads", "context_intermediate_size", "embed_dim", "num_subcaptions", "tra_heads",
-        )  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"PathFLIPConfig.{name} must be a positive integer, got {value!r}.")
-        layers = self.context_layers
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
-            raise ValueError(f"PathFLIPConfig.context_layers must be an integer >= 0 (0: no context), got {layers!r}.")
+        _validate_values(self)
         if self.qformer_config.encoder_hidden_size != self.patch_projection_dim:
             raise ValueError(
                 f"qformer_config.encoder_hidden_size ({self.qformer_config.encoder_hidden_size}) must equal "
@@ -257,41 +247,70 @@ class PathFLIPConfig(_ServedPipelinesConfig):
         for name in ("context_heads", "tra_heads"):
             if self.embed_dim % getattr(self, name):
                 raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by {name} ({getattr(self, name)}).")
-        if self.text_pooling not in TEXT_POOLING_MODES:
-            raise ValueError(f"text_pooling must be one of {TEXT_POOLING_MODES}, got {self.text_pooling!r}.")
-        if self.region_negatives not in REGION_NEGATIVE_MODES:
-            raise ValueError(f"region_negatives must be one of {REGION_NEGATIVE_MODES}, got {self.region_negatives!r}.")
-        if self.region_loss_reduction not in REGION_LOSS_REDUCTIONS:
-            raise ValueError(
-                f"region_loss_reduction must be one of {REGION_LOSS_REDUCTIONS}, got {self.region_loss_reduction!r}."
-            )
-        if self.tra_gate not in TRA_GATES:
-            raise ValueError(f"tra_gate must be one of {TRA_GATES}, got {self.tra_gate!r}.")
-        if self.region_duplicates not in REGION_DUPLICATE_MODES:
-            raise ValueError(
-                f"region_duplicates must be one of {REGION_DUPLICATE_MODES}, got {self.region_duplicates!r}."
-            )
         threshold = self.region_duplicate_threshold
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
-                                      or not -1.0 < threshold <= 1.0):  # fmt: skip
+        if threshold is not None and not (_is_number(threshold) and -1.0 < threshold <= 1.0):
             raise ValueError(f"region_duplicate_threshold must be None or a cosine in (-1, 1], got {threshold!r}.")
-        for name in ("subcaption_contrast_weight", "region_exclusion_weight"):
-            weight = getattr(self, name)
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
-                raise ValueError(f"{name} must be a finite number >= 0, got {weight!r}.")
-        steer = self.region_negatives_steer_attention
-        if not isinstance(steer, bool):
-            raise ValueError(f"region_negatives_steer_attention must be True or False, got {steer!r}.")
         if not (self.use_slide_loss or self.use_region_loss):
             raise ValueError("At least one of use_slide_loss and use_region_loss must be True.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if not 0.0 <= self.context_dropout < 1.0:
-            raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}.")
-        if self.logit_scale_max <= 0:
-            raise ValueError(f"logit_scale_max must be > 0, got {self.logit_scale_max}.")
         if self.grounding_head is not None:
             _validate_grounding_head(self.grounding_head)
+
+
+POSITIVE_INTEGERS = (
+    "patch_dim", "patch_projection_dim", "num_query_tokens", "region_grid_size", "region_chunk_size", "context_heads",
+    "context_intermediate_size", "embed_dim", "num_subcaptions", "tra_heads",
+)  # fmt: skip
+FLAGS = ("use_text_region_attention", "use_region_positions", "use_slide_loss", "use_region_loss",
+         "region_negatives_steer_attention")  # fmt: skip
+NONNEGATIVE_NUMBERS = ("slide_loss_weight", "region_loss_weight", "subcaption_contrast_weight",
+                       "region_exclusion_weight", "initializer_range")  # fmt: skip
+FINITE_NUMBERS = ("logit_scale_init_value", "region_logit_scale_init_value", "region_logit_bias_init_value")
+FRACTIONS = ("label_smoothing", "context_dropout")  # in [0, 1)
+CHOICES = {"text_pooling": TEXT_POOLING_MODES, "region_negatives": REGION_NEGATIVE_MODES,
+           "region_loss_reduction": REGION_LOSS_REDUCTIONS, "tra_gate": TRA_GATES,
+           "region_duplicates": REGION_DUPLICATE_MODES}  # fmt: skip
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (a bool is not a number here: ``True`` for a size is a mistake)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _validate_values(config: PathFLIPConfig) -> None:
+    """Each option's type and range, named in the error (a string "false" for a flag would read as True)."""
+
+    def refuse(name: str, expected: str) -> None:
+        raise ValueError(f"PathFLIPConfig.{name} must be {expected}, got {getattr(config, name)!r}.")
+
+    for name in POSITIVE_INTEGERS:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            refuse(name, "a positive integer")
+    layers = config.context_layers
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+        refuse("context_layers", "an integer >= 0 (0: no context)")
+    for name in (name for name in FLAGS if not isinstance(getattr(config, name), bool)):
+        refuse(name, "True or False")
+    for name in (name for name in NONNEGATIVE_NUMBERS if not (_is_number(getattr(config, name)) and
+                                                             getattr(config, name) >= 0)):  # fmt: skip
+        refuse(name, "a finite number >= 0")
+    for name in (name for name in FINITE_NUMBERS if not _is_number(getattr(config, name))):
+        refuse(name, "a finite number")
+    for name in (name for name in FRACTIONS if not (_is_number(getattr(config, name)) and
+                                                   0 <= getattr(config, name) < 1)):  # fmt: skip
+        refuse(name, "a number in [0, 1)")
+    if not (_is_number(config.logit_scale_max) and config.logit_scale_max > 0):
+        refuse("logit_scale_max", "a finite number > 0")
+    for name, choices in CHOICES.items():
+        if getattr(config, name) not in choices:
+            refuse(name, f"one of {choices}")
+    for name in ("patch_size_um", "patch_size_px"):
+        value = getattr(config, name)
+        if value is not None and not (_is_number(value) and value > 0):
+            refuse(name, "None or a number > 0")
+    encoder = config.patch_encoder
+    if encoder is not None and not (isinstance(encoder, str) and encoder.strip()):
+        refuse("patch_encoder", "None or the name of the patch encoder (e.g. 'stain-texture')")
 
 
 def _validate_grounding_head(head: dict) -> None:

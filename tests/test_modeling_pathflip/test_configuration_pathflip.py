@@ -45,6 +45,16 @@ def _comparable(config):
         ({"context_layers": -1}, "context_layers must be an integer >= 0"),
         ({"context_layers": 1.5}, "context_layers must be an integer >= 0"),
         ({"label_smoothing": 1.5}, "label_smoothing"),
+        ({"use_slide_loss": "false"}, r"use_slide_loss must be True or False, got 'false'"),
+        ({"patch_dim": True}, r"patch_dim must be a positive integer, got True"),
+        ({"region_loss_weight": -1.0}, r"region_loss_weight must be a finite number >= 0, got -1.0"),
+        ({"slide_loss_weight": float("nan")}, r"slide_loss_weight must be a finite number >= 0, got nan"),
+        ({"logit_scale_init_value": float("inf")}, r"logit_scale_init_value must be a finite number, got inf"),
+        ({"initializer_range": -0.02}, r"initializer_range must be a finite number >= 0"),
+        ({"patch_size_px": 0}, r"patch_size_px must be None or a number > 0, got 0"),
+        ({"patch_size_um": float("nan")}, r"patch_size_um must be None or a number > 0"),
+        ({"patch_encoder": " "}, r"patch_encoder must be None or the name of the patch encoder"),
+        ({"context_dropout": "0.1"}, r"context_dropout must be a number in \[0, 1\), got '0.1'"),
     ],
 )
 def test_inconsistent_values_raise(overrides, message, config_factory):
