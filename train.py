@@ -5,10 +5,12 @@
         --output_dir runs/pathflip --do_train --do_eval
     torchrun --nproc_per_node 4 train.py ...      # or: accelerate launch train.py ...
 
-The same as `pathflip train ...`; `python train.py --help` lists every option.
+The same as `pathflip train ...`, with the same one-line errors; `python train.py --help` lists every option.
 """
 
-from pathflip.training.run import main
+import sys
+
+from pathflip.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["train", *sys.argv[1:]], train_prog="train.py"))

@@ -146,7 +146,11 @@ def load_bag_dataset(source: str | Path, *, streaming: bool = False, default_spl
         return loaded
     if path.exists():
         return datasets.load_dataset("parquet", data_files=_parquet_files(path), streaming=streaming)
-    return datasets.load_dataset(str(source), streaming=streaming)
+    try:
+        return datasets.load_dataset(str(source), streaming=streaming)
+    except ConnectionError as error:  # offline and not cached: `datasets` says only that the Hub cannot be reached
+        raise ValueError(f"dataset {str(source)!r} is not a folder or file here, nor a Hub dataset that can be "
+                         f"reached ({error}); check the path.") from None  # fmt: skip
 
 
 def _parquet_files(path: Path) -> dict[str, list[str]]:

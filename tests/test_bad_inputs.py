@@ -93,6 +93,10 @@ OPTION_CASES = [
     ([*TRAIN, "--gradient_accumulation_steps", "0"], r"--gradient_accumulation_steps must be a whole number >= 1"),
     ([*TRAIN, "--num_train_epochs", "0"],
      r"--num_train_epochs must be a positive number \(or give --max_steps\), got 0"),
+    (TRAIN, r"nothing to do: give --do_train, --do_eval \(with --eval_split\) or both"),
+    ([*TRAIN, "--do_eval"], r"--do_eval needs --eval_split, the split to evaluate on"),
+    ([*TRAIN, "--max_steps", "two"], r"pathflip train: argument --max_steps/--max-steps: invalid int value: 'two'"),
+    ([*TRAIN, "--stage", "bogus"], r"argument --stage: invalid choice: 'bogus'"),
 ]  # fmt: skip
 
 
@@ -108,6 +112,11 @@ def test_bad_options_get_one_line_and_exit_2(argv, message, capsys, tmp_path, mo
 # ---- the command line: inputs that cannot be used ---------------------------------------------------------------
 
 def _input_cases(tmp, model_dir, bag_file):
+    def recipe(name, model, training=None):
+        (tmp / f"{name}.json").write_text(json.dumps({"model": model, "training": training or {}}))
+        return tmp / f"{name}.json"
+
+    RUN = ["--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run", "--do_train"]  # noqa: N806
     (tmp / "empty").mkdir(exist_ok=True)
     (tmp / "not-a-model").mkdir(exist_ok=True)
     (tmp / "table.csv").write_text("slide,label\n")
@@ -145,8 +154,22 @@ def _input_cases(tmp, model_dir, bag_file):
          r"--features .*absent is not a folder"),
         (["benchmark", "pathflip2-zero-shot", model_dir, "--features", tmp / "empty", "-o", tmp / "b",
           "--datasets", "Camelyon17"], 2, r"--datasets \['Camelyon17'\] are not in the benchmark"),
-        (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run"], 2,
+        (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run", "--do_train"], 2,
          r"neither a dataset folder \(save_to_disk\) nor parquet files"),
+        (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "kept", "--do_train"], 2,
+         r"--output_dir .*kept already holds files \(notes.txt\); add --resume_from_checkpoint .* --overwrite_output_dir"),
+        (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "empty" / "run", "--do_train"], 2,
+         r"would write into --dataset_name_or_path .*empty; give the run a folder of its own"),
+        (["train", "--recipe", recipe("q", {"qformer_config": {"num_hidden_layer": 2}}), *RUN], 2,
+         r"model.qformer_config key\(s\) \['num_hidden_layer'\] are not Blip2QFormerConfig options"),
+        (["train", "--recipe", recipe("flag", {"use_slide_loss": "false"}), *RUN], 2,
+         r"--recipe .*flag.json: model: PathFLIPConfig.use_slide_loss must be True or False, got 'false'"),
+        (["train", "--recipe", recipe("text", {"text_config": {}}), *RUN], 2,
+         r"model.text_config comes from --text_model_name_or_path; remove it"),
+        (["train", "--recipe", recipe("steps", {}, {"max_steps": "two"}), *RUN], 2,
+         r"invalid int value: 'two' \(set by --recipe .*steps.json: training.max_steps\)"),
+        (["train", "--recipe", recipe("null", {}, {"max_steps": None}), *RUN], 2,
+         r"training.max_steps is null; give it a value or leave it out"),
         (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "table.csv"], 2,
          r"--output_dir '.*table.csv' is a file; give a folder for the run"),
         (["fit-grounding", model_dir, tmp / "absent-data", "-o", tmp / "out"], 2,

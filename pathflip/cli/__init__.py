@@ -27,14 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `pathflip` command."""
+def main(argv: list[str] | None = None, *, train_prog: str = "pathflip train") -> int:
+    """Entry point of the `pathflip` command (and of train.py, as ``train`` with ``train_prog="train.py"``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = argv[:1] == ["--debug"]
     verb = argv[1:] if debug else argv
     try:
         if verb[:1] == ["train"]:  # the Trainer's own options: HfArgumentParser reads them, not argparse
-            return jobs.command_train(verb[1:])
+            return jobs.command_train(verb[1:], prog=train_prog)
         args = build_parser().parse_args(argv)
         return args.run(args)
     except KeyboardInterrupt:

@@ -16,11 +16,11 @@ ABLATION_NAMES = [
 TRAIN_HELP = "pretrain or fine-tune with the HF Trainer (the same as train.py; `pathflip train --help` lists options)"
 
 
-def command_train(arguments: list[str]) -> int:
+def command_train(arguments: list[str], prog: str = "pathflip train") -> int:
     """Run training with the command line after `train` (HfArgumentParser options, as train.py takes them)."""
     from ..training.run import main
 
-    main(arguments, prog="pathflip train")
+    main(arguments, prog=prog)
     return 0
 
 

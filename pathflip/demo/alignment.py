@@ -139,7 +139,9 @@ def train(options: DemoOptions, run_dir: Path, patch_dim: int, train_rows: int) 
     config_file = run_dir / "pathflip_config.json"
     config_file.write_text(json.dumps(demo_config(text_config, patch_dim, options.ablation), indent=2))
     checkpoints = run_dir / "checkpoints"
-    resume = ["--resume_from_checkpoint", "true"] if any(checkpoints.glob("checkpoint-*")) else []
+    # the run's own folder: go on from its last checkpoint, or start it again over what a kill before one left
+    resume = (["--resume_from_checkpoint", "true"] if any(checkpoints.glob("checkpoint-*"))
+              else ["--overwrite_output_dir"])  # fmt: skip
     recipe = load_recipe(DEMO_RECIPE)
     batch = min(recipe["training"]["per_device_train_batch_size"], train_rows)
     arguments = [

@@ -93,8 +93,8 @@ def run_stage(options: DemoOptions, stage: str, source: Path, dataset_dir: Path,
         "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size",
         str(min(16, train_rows)), "--learning_rate", "2e-3",
         "--warmup_steps", "10", "--logging_steps", "25", "--save_strategy", "no", "--seed", str(options.seed),
-        "--report_to", "none", "--disable_tqdm", "false", *extra,
-    ]  # fmt: skip
+        "--report_to", "none", "--disable_tqdm", "false", "--overwrite_output_dir", *extra,
+    ]  # fmt: skip  (no checkpoints: a stage killed before its model was saved starts again in its own folder)
     (options.output / f"llm-{stage}-command.json").write_text(json.dumps(["pathflip", "train", *arguments]))
     train_main(arguments)
     return output

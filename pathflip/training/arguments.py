@@ -52,6 +52,11 @@ class ModelArguments:
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "LLM modules that get LoRA adapters (default: peft's choice for the LLM)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that already holds a run or other files (they are replaced "
+                  "as the new run writes)."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -112,3 +117,29 @@ def check_training_arguments(args: TrainingArguments) -> None:
     if args.max_steps <= 0 and not 0 < args.num_train_epochs < math.inf:
         raise ValueError(f"--num_train_epochs must be a positive number (or give --max_steps), got "
                          f"{args.num_train_epochs!r}.")  # fmt: skip
+
+
+def check_run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> None:
+    """Refuse a run with nothing to do, and a training run whose --output_dir would replace what is already there:
+    the dataset or the model it starts from (always), an earlier run or other files (unless resumed or
+    ``--overwrite_output_dir``)."""
+    if not (args.do_train or args.do_eval):
+        raise ValueError("nothing to do: give --do_train, --do_eval (with --eval_split) or both.")
+    if args.do_eval and not data_args.eval_split:
+        raise ValueError("--do_eval needs --eval_split, the split to evaluate on (e.g. test).")
+    if not args.do_train:
+        return
+    output = Path(args.output_dir).expanduser().resolve()
+    for option in ("dataset_name_or_path", "model_name_or_path"):
+        source = getattr(data_args if option.startswith("dataset") else model_args, option)
+        if source and Path(source).expanduser().exists():
+            found = Path(source).expanduser().resolve()
+            if output == found or found in output.parents:
+                raise ValueError(f"--output_dir {args.output_dir} would write into --{option} {source}; give the "
+                                 "run a folder of its own.")  # fmt: skip
+    held = sorted(path.name for path in output.iterdir()) if output.is_dir() else []
+    if held and not (args.resume_from_checkpoint or model_args.overwrite_output_dir):
+        kind = "checkpoints of an earlier run" if any(name.startswith("checkpoint-") for name in held) else "files"
+        raise ValueError(f"--output_dir {args.output_dir} already holds {kind} ({', '.join(held[:4])}"
+                         f"{', ...' if len(held) > 4 else ''}); add --resume_from_checkpoint to go on from the last "
+                         "checkpoint, --overwrite_output_dir to replace it, or choose a new folder.")  # fmt: skip

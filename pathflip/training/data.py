@@ -32,6 +32,14 @@ def load_splits(args: DataArguments) -> datasets.DatasetDict | datasets.Iterable
                              f"(columns: {sorted(columns)}).")  # fmt: skip
     renames = {getattr(args, option): standard for option, standard in COLUMN_OPTIONS.items()}
     renames = {old: new for old, new in renames.items() if old != new and old in columns}
+    needed = {*COLUMN_OPTIONS.values(), "slide_id", "patch_size_level0", "mpp", "label"} - set(renames.values())
+    for old, new in renames.items():
+        if old in needed:
+            option = next(option for option, standard in COLUMN_OPTIONS.items() if standard == new)
+            raise ValueError(f"--{option} {old!r} is the dataset's own {old!r} column; give the column that holds "
+                             f"the {new}s.")  # fmt: skip
+    replaced = [new for new in renames.values() if new in columns]  # the option names the column to use instead
+    loaded = loaded.remove_columns(replaced) if replaced else loaded
     return loaded.rename_columns(renames) if renames else loaded
 
 

@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from transformers import Blip2QFormerConfig
+
 from modeling_pathflip import PathFLIPConfig
 
 SECTIONS = {"recipe", "about", "model", "training", "notes"}
@@ -60,14 +62,30 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     return {**recipe, "path": str(path)}
 
 
+# Model keys that come from elsewhere: the dataset's features and the text tower (--text_model_name_or_path).
+FROM_ELSEWHERE = {"patch_dim": "the dataset's features", "text_config": "--text_model_name_or_path"}
+
+
 def _check_model(path: Path, model: dict) -> None:
-    if "patch_dim" in model:
-        raise ValueError(f"--recipe {path}: model.patch_dim comes from the dataset's features; remove it.")
-    allowed = set(inspect.signature(PathFLIPConfig.__init__).parameters) - {"self", "kwargs", "patch_dim"}
+    """Known keys, the Q-Former's included, with values a config takes (types and ranges), before any data is read."""
+    for key in FROM_ELSEWHERE.keys() & model.keys():
+        raise ValueError(f"--recipe {path}: model.{key} comes from {FROM_ELSEWHERE[key]}; remove it.")
+    allowed = set(inspect.signature(PathFLIPConfig.__init__).parameters) - {"self", "kwargs", *FROM_ELSEWHERE}
     unknown = set(model) - allowed
     if unknown:
         raise ValueError(f"--recipe {path}: model key(s) {sorted(unknown)} are not PathFLIPConfig options; see "
                          "PathFLIPConfig's documentation for the options.")  # fmt: skip
+    qformer = model.get("qformer_config", {})
+    if not isinstance(qformer, dict):
+        raise ValueError(f"--recipe {path}: model.qformer_config must be an object of Q-Former options.")
+    known = Blip2QFormerConfig().to_dict()
+    if set(qformer) - set(known):
+        raise ValueError(f"--recipe {path}: model.qformer_config key(s) {sorted(set(qformer) - set(known))} are not "
+                         "Blip2QFormerConfig options (e.g. num_hidden_layers, hidden_size).")  # fmt: skip
+    try:
+        PathFLIPConfig(**model)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--recipe {path}: model: {error}") from None
 
 
 def recipe_arguments(recipe: dict[str, Any], dataclass_types: tuple) -> list[str]:
@@ -81,9 +99,18 @@ def recipe_arguments(recipe: dict[str, Any], dataclass_types: tuple) -> list[str
         if key not in known:
             raise ValueError(f"--recipe {recipe['path']}: training.{key} is not a `pathflip train` option; see "
                              "`pathflip train --help`.")  # fmt: skip
+        if value is None:
+            raise ValueError(f"--recipe {recipe['path']}: training.{key} is null; give it a value or leave it out.")
         values = value if isinstance(value, list) else [value]
-        arguments += [f"--{key}", *(str(item).lower() if isinstance(item, bool) else str(item) for item in values)]
+        arguments += [f"--{key}", *(_argument(item) for item in values)]
     return arguments
+
+
+def _argument(value: Any) -> str:
+    """A recipe value as the command line spells it (objects as JSON, which the Trainer's dict options parse)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 def recipe_config(recipe: dict[str, Any], *, patch_dim: int, text_config: dict) -> PathFLIPConfig:

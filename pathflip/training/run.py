@@ -24,7 +24,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from .arguments import DataArguments, ModelArguments, check_training_arguments
+from .arguments import DataArguments, ModelArguments, check_run, check_training_arguments
 from .data import check_batch_size, load_splits
 from .recipe import load_recipe, recipe_arguments
 from .stages import alignment_trainer, generation_trainer
@@ -35,17 +35,34 @@ logger = logging.getLogger(__name__)
 TRAIN_ARGUMENT_TYPES = (ModelArguments, DataArguments, TrainingArguments)
 
 
+class _OneLineParser(HfArgumentParser):
+    """`HfArgumentParser` that reports a bad option in one line, naming the recipe when the value came from it."""
+
+    recipe: dict | None = None
+
+    def error(self, message: str):
+        keys = self.recipe["training"] if self.recipe else {}
+        origin = next((f" (set by --recipe {self.recipe['path']}: training.{key})" for key in keys
+                       if any(f"--{key}{end}" in message for end in ":/ ")), "")  # fmt: skip
+        print(f"error: {self.prog}: {message}{origin} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse_arguments(argv: list[str] | None = None, prog: str | None = None):
     """``(model_args, data_args, training_args)`` from a command line, or from one JSON file argument; a
     ``--recipe``'s training options come first, so the command line's win."""
     types = TRAIN_ARGUMENT_TYPES
-    parser = HfArgumentParser(types, prog=prog)
+    parser = _OneLineParser(types, prog=prog)
     arguments = list(sys.argv[1:] if argv is None else argv)
     if len(arguments) == 1 and arguments[0].endswith(".json"):
-        return parser.parse_json_file(json_file=arguments[0])
+        try:
+            return parser.parse_json_file(json_file=arguments[0])
+        except ValueError as error:  # a JSON syntax error, or keys that are not options
+            raise ValueError(f"{arguments[0]}: {error}") from None
     recipe = _recipe_option(arguments)
     if recipe is not None:
-        arguments = recipe_arguments(load_recipe(recipe), types) + arguments
+        parser.recipe = load_recipe(recipe)
+        arguments = recipe_arguments(parser.recipe, types) + arguments
     return parser.parse_args_into_dataclasses(args=arguments)
 
 
@@ -92,6 +109,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Train (``--do_train``), evaluate (``--do_eval``), save and optionally push; returns the metrics."""
     model_args, data_args, training_args = parse_arguments(argv, prog)
     check_training_arguments(training_args)
+    check_run(model_args, data_args, training_args)
     training_args.remove_unused_columns = False  # the processor needs the raw columns
     training_args.dataloader_drop_last = True  # equal batch shapes on every process for the all-gather
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)

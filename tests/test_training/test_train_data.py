@@ -72,6 +72,8 @@ def test_text_labels_score_like_the_class_labels(workspace, tmp_path):
         (["--do_train", "--eval_split", "valid"], r"--eval_split 'valid' is not a split of .*\['train', 'test'\]"),
         (["--do_train", "--train_split", "training"], r"--train_split 'training' is not a split"),
         (["--do_train", "--caption_column", "report"], r"--caption_column 'report' is not a column of .*\(columns: "),
+        (["--do_train", "--caption_column", "slide_id"],
+         r"--caption_column 'slide_id' is the dataset's own 'slide_id' column; give the column that holds"),
         (["--do_eval", "--eval_split", "test", "--class_names", "carcinoma", "benign"],
          r"class names \['carcinoma', 'benign'\] disagree with the label order of the dataset's 'label' column "
          r"\['benign', 'carcinoma'\]"),
@@ -86,6 +88,15 @@ def test_refused_before_any_step_naming_the_fix(workspace, tmp_path, capsys, ext
     error = capsys.readouterr().err
     assert re.search(message, error), error
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_caption_column_option_takes_the_place_of_the_caption_column(workspace):
+    from pathflip.training.arguments import DataArguments
+    from pathflip.training.data import load_splits
+
+    splits = load_splits(DataArguments(dataset_name_or_path=str(workspace / "dataset"), caption_column="diagnosis"))
+    expected = datasets.load_from_disk(str(workspace / "dataset"))["train"]["diagnosis"]
+    assert splits["train"]["caption"] == expected and "diagnosis" not in splits["train"].column_names
 
 
 def test_a_misspelt_config_key_is_refused_not_left_at_its_default(workspace, tmp_path, capsys):
