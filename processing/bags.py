@@ -138,7 +138,11 @@ def load_bag_dataset(source: str | Path, *, streaming: bool = False, default_spl
     a Hub dataset id; streamed with ``streaming``."""
     path = Path(source)
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except IndexError:  # `datasets` saves an empty dataset with no shard, then cannot load it
+            raise ValueError(f"dataset {path} (or one of its splits) has no rows; give a dataset with slides in "
+                             "it.") from None  # fmt: skip
         if isinstance(loaded, datasets.Dataset):
             loaded = datasets.DatasetDict({default_split: loaded})
         if streaming:

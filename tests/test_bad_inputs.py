@@ -93,6 +93,7 @@ OPTION_CASES = [
     ([*TRAIN, "--gradient_accumulation_steps", "0"], r"--gradient_accumulation_steps must be a whole number >= 1"),
     ([*TRAIN, "--num_train_epochs", "0"],
      r"--num_train_epochs must be a positive number \(or give --max_steps\), got 0"),
+    (["fit-grounding", "m", "d", "-o", "o", "--seed", str(2**40)], r"--seed: must be a whole number from 0 to 4294967295"),
     (TRAIN, r"nothing to do: give --do_train, --do_eval \(with --eval_split\) or both"),
     ([*TRAIN, "--do_eval"], r"--do_eval needs --eval_split, the split to evaluate on"),
     ([*TRAIN, "--max_steps", "two"], r"pathflip train: argument --max_steps/--max-steps: invalid int value: 'two'"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import nonnegative_int, output_folder, positive_float, positive_int
+from .options import nonnegative_int, output_folder, positive_float, positive_int, seed
 
 COHORT_FAMILIES = ["lesions", "hierarchical"]
 # pathflip.demo.options.ABLATIONS, spelled out for the same reason (a test keeps the two equal).
@@ -45,7 +45,7 @@ def add_verbs(commands) -> None:
     demo = commands.add_parser("demo", help=command_demo.__doc__)
     demo.add_argument("--output", "-o", type=output_folder, default="demo_output",
                       help="folder for everything (default demo_output)")
-    demo.add_argument("--seed", type=nonnegative_int, default=0, help="cohort, split and training seed")
+    demo.add_argument("--seed", type=seed, default=0, help="cohort, split and training seed")
     demo.add_argument("--num-slides", type=positive_int, default=150)
     demo.add_argument("--max-steps", type=positive_int, default=200, help="training steps")
     demo.add_argument("--learning-rate", type=positive_float, default=5e-4)

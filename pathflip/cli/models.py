@@ -15,10 +15,10 @@ from .options import (
     model_reference,
     nonempty,
     nonnegative_float,
-    nonnegative_int,
     output_folder,
     positive_float,
     positive_int,
+    seed,
 )
 
 
@@ -136,14 +136,31 @@ def command_fit_grounding(args: argparse.Namespace) -> int:
     return 0
 
 
+WHOLE = "(no splits)"
+
+
 def _dataset_split(args: argparse.Namespace):
-    """Split ``args.split`` of the bag dataset ``args.dataset`` (a folder, parquet files or a Hub id)."""
+    """Split ``args.split`` of the bag dataset ``args.dataset`` (a folder, parquet files or a Hub id). A dataset
+    without splits is read whole, or, when it has a ``split`` column, as its rows of that split: its training rows
+    must not be evaluated with its test rows."""
     from ..processing.bags import load_bag_dataset
 
-    splits = load_bag_dataset(args.dataset, default_split=args.split)
-    if args.split not in splits:
+    splits = load_bag_dataset(args.dataset, default_split=WHOLE)
+    if WHOLE in splits:
+        data = splits[WHOLE]
+        if "split" in data.column_names and len(values := sorted(set(data["split"]), key=str)) > 1:
+            data = data.filter(lambda split: split == args.split, input_columns="split")
+            if not len(data):
+                raise ValueError(f"--split {args.split!r}: no row of {args.dataset} has it in its 'split' column "
+                                 f"(values: {values}).")  # fmt: skip
+            print(f"{len(data)} rows of {args.dataset} with split {args.split!r} (its 'split' column)")
+    elif args.split not in splits:
         raise ValueError(f"--split {args.split!r} is not a split of {args.dataset}; it has {list(splits)}.")
-    return splits[args.split]
+    else:
+        data = splits[args.split]
+    if not len(data):
+        raise ValueError(f"{args.dataset} ({args.split}) has no rows; give a dataset with slides in it.")
+    return data
 
 
 def _pipeline(task: str, args: argparse.Namespace):
@@ -260,6 +277,6 @@ def _add_fit_grounding(commands) -> None:
     head_option("--attention-weight", type=nonnegative_float,
                 help="how much the model's attention scores add to the head's when grounding (default 0.5; 0: the "
                      "head alone)")  # fmt: skip
-    head_option("--seed", type=nonnegative_int, help="default 0")
+    head_option("--seed", type=seed, help="default 0")
     fit.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     fit.set_defaults(run=command_fit_grounding)

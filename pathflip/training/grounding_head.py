@@ -165,6 +165,10 @@ def fit_grounding_head(model: PathFLIPModel, processor, dataset, *, options: Gro
     head.text_mean.copy_(vocabulary.mean(0))
     head.text_std.copy_(vocabulary.std(0, unbiased=False) + 1e-6)
     _train(head, bags, vocabulary, mentions, known, options)
+    broken = [name for name, tensor in head.state_dict().items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise ValueError(f"fitting diverged: {len(broken)} of the head's tensors hold NaN or Inf (e.g. {broken[0]}) "
+                         f"at learning rate {options.learning_rate}; lower --learning-rate.")  # fmt: skip
     model.grounding_head = head.to(model.device).eval()
     model.config.grounding_head = {**shape, "attention_weight": options.attention_weight}
     return model

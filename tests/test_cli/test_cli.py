@@ -147,3 +147,20 @@ def test_verbs_work_in_a_fresh_process_without_trust_remote_code(saved_model, ba
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(_json_lines(result.stdout)) == 3
+
+
+def test_a_dataset_without_splits_is_read_by_its_split_column(tmp_path, bag_factory):
+    from argparse import Namespace
+
+    from pathflip.cli.models import _dataset_split
+    from pathflip.processing.bags import write_bags
+
+    bags = [{**bag_factory(i, 12), "split": split} for i, split in enumerate(["train", "test", "test"])]
+    write_bags(bags, tmp_path / "bags.arrow", 16, extra={"split": datasets.Value("string")}).save_to_disk(
+        str(tmp_path / "mixed"))  # fmt: skip
+    assert _dataset_split(Namespace(dataset=str(tmp_path / "mixed"), split="test"))["split"] == ["test", "test"]
+    with pytest.raises(ValueError, match=r"--split 'valid': no row of .* has it in its 'split' column .*\['test', "):
+        _dataset_split(Namespace(dataset=str(tmp_path / "mixed"), split="valid"))
+    datasets.load_from_disk(str(tmp_path / "mixed")).select([]).save_to_disk(str(tmp_path / "none"))
+    with pytest.raises(ValueError, match=r"none \(or one of its splits\) has no rows"):
+        _dataset_split(Namespace(dataset=str(tmp_path / "none"), split="test"))

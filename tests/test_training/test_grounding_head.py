@@ -217,6 +217,13 @@ def test_fitting_is_repeatable_and_leaves_the_callers_random_generator_alone(mod
         torch.testing.assert_close(second[name], value)
 
 
+def test_a_fit_that_diverges_is_refused_not_saved(model, processor, bag_factory):
+    rows = _rows([bag_factory(i, 8) for i in range(4)])
+    options = GroundingHeadOptions(members=1, steps=3, slides_per_step=2, learning_rate=1e30)
+    with pytest.raises(ValueError, match=r"fitting diverged: .* hold NaN or Inf .* lower --learning-rate"):
+        fit_grounding_head(model, processor, rows, options=options)
+
+
 def test_fit_grounding_command_saves_a_model_that_eval_reads_with_the_head(tmp_path, model, processor, bag_factory,
                                                                           capsys):  # fmt: skip
     from modeling_pathflip import save_pretrained_with_pipelines
