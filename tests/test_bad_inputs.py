@@ -77,7 +77,7 @@ OPTION_CASES = [
     (["retrieve", "m", "--top-k", "zero"], r"--top-k: must be a whole number, got 'zero'"),
     (["demo", "--num-slides", "0"], r"--num-slides: must be a whole number >= 1"),
     (["demo", "--learning-rate=-1e-3"], r"--learning-rate: must be a positive number"),
-    (["demo", "--seed", "-3"], r"--seed: must be a whole number >= 0"),
+    (["demo", "--seed", "-3"], r"--seed: must be a whole number from 0 to 4294967295, got .-3."),
     (["demo", "--ablation", "no-loss"], r"--ablation: invalid choice: 'no-loss'"),
     (["benchmark", "camelyon", "m", "--features", "f", "-o", "o"], r"argument name: invalid choice: 'camelyon'"),
     (["benchmark", "pathflip2-zero-shot", "m", "--features", "f", "-o", "o", "--split", "val"],
