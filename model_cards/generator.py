@@ -54,6 +54,15 @@ def _card_metrics(metrics: dict) -> list:
             if metric.card and key in metrics and metrics[key] == metrics[key]]  # fmt: skip
 
 
+# Every card this module writes says so in its first paragraph; a README.md without it is someone's own card.
+GENERATED_CARD_SENTENCE = "A PathFLIP model (fine-grained language-image pretraining for whole slide images"
+
+
+def is_generated_card(text: str) -> bool:
+    """Whether a README.md was written by `write_model_card` (and may be written again)."""
+    return GENERATED_CARD_SENTENCE in text
+
+
 def write_model_card(
     model_dir: str | Path,
     *,

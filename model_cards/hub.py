@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ..processing.bags import check_columns
-from .generator import write_model_card
+from .generator import is_generated_card, write_model_card
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 # Training leftovers that a model repo does not need.
@@ -149,8 +149,12 @@ def push_model(
 
     folder = Path(folder)
     check_repo_id(repo_id)
+    card = folder / "README.md"
+    if metrics is not None and card.is_file() and not is_generated_card(card.read_text(errors="replace")):
+        raise ValueError(f"{card} is a card of your own (pathflip did not write it), which metrics would replace: "
+                         "push without them to upload your card, or move it away to have one written.")  # fmt: skip
     check_model_folder(folder)
-    if metrics is not None or not (folder / "README.md").is_file():
+    if metrics is not None or not card.is_file():
         write_model_card(folder, metrics=metrics, repo_id=repo_id, **(card_options or {}))
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id

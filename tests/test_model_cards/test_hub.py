@@ -71,6 +71,31 @@ def test_push_refuses_an_incomplete_folder_before_touching_the_hub(folder, monke
         push_model(_without(folder, "model.safetensors"), "lab/model")
 
 
+def test_metrics_never_replace_a_card_of_the_users_own(folder, monkeypatch, tmp_path, capsys):
+    import huggingface_hub
+
+    from pathflip.cli import main
+    from pathflip.model_cards.generator import write_model_card
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was contacted")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", no_hub)
+    (folder / "README.md").write_text("# Our BRCA model\n\nTrained on our cohort; see the lab wiki.\n")
+    with pytest.raises(ValueError, match=r"README.md is a card of your own .* push without them"):
+        push_model(folder, "lab/model", metrics={"slides": 3})
+    assert (folder / "README.md").read_text().startswith("# Our BRCA model")
+    write_model_card(folder)  # a card pathflip wrote may be written again with the metrics (the Hub is next)
+    monkeypatch.setattr("pathflip.model_cards.hub.check_model_folder", lambda folder: {})
+    with pytest.raises(AssertionError, match="the Hub was contacted"):
+        push_model(folder, "lab/model", metrics={"slides": 3})
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert main(["push", str(folder), "lab/model", "--metrics", str(tmp_path / "list.json")]) == 2
+    assert "holds a list, not the object pathflip eval writes" in capsys.readouterr().err
+    assert main(["push", str(folder), "lab/model", "--base-model", "not a repo id"]) == 2
+    assert "repo id 'not a repo id' is not a valid Hub id" in capsys.readouterr().err
+
+
 def test_push_creates_the_repo_and_branch_then_uploads_without_training_leftovers(folder, monkeypatch):
     import huggingface_hub
 
