@@ -8,13 +8,16 @@ import functools
 import json
 from pathlib import Path
 
+from ..files import write_text
 from .options import (
     check_replaceable_output,
     cosine,
     dataset_reference,
+    existing_input,
     model_reference,
     nonempty,
     nonnegative_float,
+    output_file,
     output_folder,
     positive_float,
     positive_int,
@@ -33,47 +36,83 @@ def command_heatmap(args: argparse.Namespace) -> int:
 
 def command_classify(args: argparse.Namespace) -> int:
     """Zero-shot slide classification: one JSON line per slide with the ranked labels."""
+    _check_json_output(args)
     classifier = _pipeline("zero-shot-slide-classification", args)
     templates = {"hypothesis_template": args.template} if args.template else {}
-    records = []
-    for source in args.inputs:
-        for name, bag in _inputs(source):
-            ranked = classifier(bag, candidate_labels=args.labels, top_k=args.top_k, patch_encoder=args.patch_encoder,
-                                mpp=args.mpp, **templates)  # fmt: skip
-            records.append({"slide_id": name, "predictions": ranked})
-    _emit(records, args.output)
+
+    def records():
+        for source in args.inputs:
+            for name, bag in _inputs(source):
+                ranked = classifier(bag, candidate_labels=args.labels, top_k=args.top_k,
+                                    patch_encoder=args.patch_encoder, mpp=args.mpp, **templates)  # fmt: skip
+                yield {"slide_id": name, "predictions": ranked}
+
+    _emit(records(), args)
     return 0
 
 
 def command_retrieve(args: argparse.Namespace) -> int:
     """Text -> slides of a dataset (--query), or slide -> candidate texts (--slide): JSON lines."""
+
+
+    _check_json_output(args)
+    if args.save_index:
+        check_replaceable_output(args.save_index, inputs=[args.index] if args.index else [], overwrite=args.overwrite,
+                                 option="--save-index")  # fmt: skip
+    _check_retrieve_mode(args)
+    retriever = _pipeline("slide-text-retrieval", args)
+    if args.slide:
+        records = ({"slide_id": name, "matches": retriever(bag, candidate_texts=args.text, top_k=args.top_k,
+                                                           patch_encoder=args.patch_encoder, mpp=args.mpp)}
+                   for name, bag in _inputs(args.slide))  # fmt: skip
+    else:
+        index = _search_index(args, retriever)
+        records = ({"query": query, "matches": retriever(query, index=index, top_k=args.top_k)} for query in args.query)
+    _emit(records, args)
+    return 0
+
+
+def _check_retrieve_mode(args: argparse.Namespace) -> None:
+    """One of the two searches, with only its own options (the other's would be ignored)."""
+    if args.slide:
+        if not args.text:
+            raise ValueError("--slide ranks candidate texts: give them with --text (repeatable).")
+        if args.index or args.query or args.save_index:
+            raise ValueError("--slide ranks --text candidates for one slide; --index, --query and --save-index search "
+                             "a dataset for texts: give one of the two searches.")  # fmt: skip
+    elif not (args.index and args.query):
+        raise ValueError("give --index DATASET with --query TEXT (repeatable), or --slide INPUT with --text.")
+    elif args.text:
+        raise ValueError("--text gives candidates for --slide; with --index, search with --query.")
+    for option in ("query", "text"):
+        texts = getattr(args, option) or []
+        if len(set(texts)) != len(texts):
+            raise ValueError(f"--{option} repeats {sorted({t for t in texts if texts.count(t) > 1})}; give each once.")
+
+
+def _search_index(args: argparse.Namespace, retriever):
+    """The ``--index`` dataset with one unit slide embedding per row (embedded here, and saved with
+    ``--save-index``, when it is a feature-bag dataset)."""
     import datasets
 
     from ..processing.bags import save_dataset
 
+    index = datasets.load_from_disk(args.index)
+    if isinstance(index, datasets.DatasetDict):
+        raise ValueError(f"--index {args.index} has splits {list(index)}; give one split's folder, e.g. "
+                         f"{Path(args.index) / next(iter(index))}.")  # fmt: skip
+    if "slide_embedding" in index.column_names:
+        if args.save_index:
+            raise ValueError(f"--index {args.index} already holds slide embeddings; leave out --save-index.")
+        width, made = len(index[0]["slide_embedding"]) if len(index) else 0, retriever.model.config.embed_dim
+        if width != made:
+            raise ValueError(f"--index {args.index} holds {width}-wide slide embeddings, but this model makes "
+                             f"{made}-wide ones; build the index with this model.")  # fmt: skip
+        return index
+    index = retriever.build_index(index, use_faiss=False)  # save_to_disk refuses attached FAISS indexes
     if args.save_index:
-        check_replaceable_output(args.save_index, inputs=[args.index] if args.index else [], overwrite=args.overwrite,
-                                 option="--save-index")  # fmt: skip
-    retriever = _pipeline("slide-text-retrieval", args)
-    if args.slide:
-        if not args.text:
-            raise ValueError("--slide ranks candidate texts: give them with --text (repeatable).")
-        records = []
-        for name, bag in _inputs(args.slide):
-            matches = retriever(bag, candidate_texts=args.text, top_k=args.top_k, patch_encoder=args.patch_encoder,
-                                mpp=args.mpp)  # fmt: skip
-            records.append({"slide_id": name, "matches": matches})
-    else:
-        if not (args.index and args.query):
-            raise ValueError("give --index DATASET with --query TEXT (repeatable), or --slide INPUT with --text.")
-        index = datasets.load_from_disk(args.index)
-        if "slide_embedding" not in index.column_names:  # a feature-bag dataset: embed its slides once
-            index = retriever.build_index(index, use_faiss=False)  # save_to_disk refuses attached FAISS indexes
-            if args.save_index:
-                save_dataset(index, args.save_index)
-        records = [{"query": query, "matches": retriever(query, index=index, top_k=args.top_k)} for query in args.query]
-    _emit(records, args.output)
-    return 0
+        save_dataset(index, args.save_index)
+    return index
 
 
 def _inputs(source: str):
@@ -172,13 +211,31 @@ def _pipeline(task: str, args: argparse.Namespace):
     return pipeline(task, model=args.model, trust_remote_code=args.trust_remote_code)
 
 
-def _emit(records: list[dict], output: str | None) -> None:
-    """Print records as JSON lines, and write them to ``output`` when given."""
-    lines = [json.dumps(record) for record in records]
-    print("\n".join(lines))
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text("\n".join(lines) + "\n")
+def _emit(records, args: argparse.Namespace) -> None:
+    """Print each record as a JSON line as soon as it is made, then write them all to ``args.output`` (one
+    atomic write) when given."""
+    lines = []
+    for record in records:
+        lines.append(json.dumps(record))
+        print(lines[-1], flush=True)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_text(Path(args.output), "\n".join(lines) + "\n")
+
+
+def _check_json_output(args: argparse.Namespace) -> None:
+    """Refuse an ``--output`` file that is one of the inputs, or that exists without ``--overwrite``."""
+    if not args.output:
+        return
+    inputs = [*getattr(args, "inputs", []), args.index if getattr(args, "index", None) else None,
+              getattr(args, "slide", None)]  # fmt: skip
+    output = Path(args.output).expanduser().resolve()
+    for source in filter(None, inputs):
+        if Path(source).expanduser().resolve() == output:
+            raise ValueError(f"--output {args.output} is the input {source}; write the results to a new file.")
+    if output.exists() and not args.overwrite:
+        raise ValueError(f"--output {args.output} already exists; pass --overwrite to replace it, or choose a new "
+                         "file.")  # fmt: skip
 
 
 def _model_input_arguments(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
@@ -186,14 +243,17 @@ def _model_input_arguments(parser: argparse.ArgumentParser, *, json_output: bool
     parser.add_argument("--mpp", type=positive_float, help="microns per level-0 pixel, for slides without it")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     if json_output:
-        parser.add_argument("--output", "-o", help="also write the JSON lines to this file")
+        parser.add_argument("--output", "-o", type=output_file, help="also write the JSON lines to this file")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace --output if it exists (retrieve: and --save-index)")  # fmt: skip
 
 
 def add_verbs(commands) -> None:
     """heatmap, classify, retrieve, fit-grounding, eval: a trained model's pipelines, grounding head and evaluation."""
     heatmap = commands.add_parser("heatmap", help=command_heatmap.__doc__)
     heatmap.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
-    heatmap.add_argument("input", help="a bag (.h5, extracted .safetensors, dataset folder) or a slide file")
+    heatmap.add_argument("input", type=existing_input,
+                         help="a bag (.h5, extracted .safetensors, dataset folder) or a slide file")  # fmt: skip
     heatmap.add_argument("--sentence", "-s", action="append", required=True, help="text to ground (repeatable)")
     heatmap.add_argument("--output", "-o", type=output_folder, required=True,
                          help="folder for the PNG and GeoJSON files")
@@ -204,7 +264,8 @@ def add_verbs(commands) -> None:
 
     classify = commands.add_parser("classify", help=command_classify.__doc__)
     classify.add_argument("model", type=model_reference, help="a PathFLIP folder or Hub id")
-    classify.add_argument("inputs", nargs="+", help="bags (.h5, .safetensors), dataset folders or slide files")
+    classify.add_argument("inputs", nargs="+", type=existing_input,
+                          help="bags (.h5, .safetensors), dataset folders or slide files")  # fmt: skip
     classify.add_argument("--labels", nargs="+", type=nonempty, required=True, help="candidate class names")
     classify.add_argument("--template", action="append", help="prompt template with {} (repeatable: an ensemble)")
     classify.add_argument("--top-k", type=positive_int, help="labels to report per slide (default: all)")
@@ -218,8 +279,7 @@ def add_verbs(commands) -> None:
     retrieve.add_argument("--query", action="append", help="text to search slides for (repeatable)")
     retrieve.add_argument("--save-index", type=output_folder,
                           help="save the embedded dataset in this new folder, to reuse with --index")
-    retrieve.add_argument("--overwrite", action="store_true", help="replace --save-index if it already holds files")
-    retrieve.add_argument("--slide", help="a bag or slide to rank --text candidates for")
+    retrieve.add_argument("--slide", type=existing_input, help="a bag or slide to rank --text candidates for")
     retrieve.add_argument("--text", action="append", help="candidate text for --slide (repeatable)")
     retrieve.add_argument("--top-k", type=positive_int, default=5)
     _model_input_arguments(retrieve)

@@ -139,6 +139,23 @@ def output_folder(text: str) -> str:
     return text
 
 
+def output_file(text: str) -> str:
+    """A file to write: refused here if the path is an existing folder (it would fail once the work is done)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    if Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name such as predictions.jsonl")
+    return text
+
+
+def existing_input(text: str) -> str:
+    """A bag, dataset folder or slide file that must exist (checked before any slide is read)."""
+    if not Path(text).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist; give a bag (.h5, .safetensors), a dataset folder "
+                                         "or a slide file")  # fmt: skip
+    return text
+
+
 def check_replaceable_output(output: str, *, inputs: list[str], overwrite: bool, option: str = "--output") -> None:
     """Refuse an output folder (given as ``option``) that a command writing a whole new folder in its place would
     lose: one of the command's inputs or a folder holding one (always), or a folder that already holds files (unless
