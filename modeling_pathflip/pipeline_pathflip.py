@@ -23,6 +23,7 @@ from transformers import Pipeline
 
 from .grounding_head_pathflip import check_grounding_head_wanted
 from .heatmap_pathflip import heatmap_raster, top_patches_geojson
+from .pipeline_options_pathflip import check_option, check_templates
 
 DEFAULT_TEMPLATES = ("{}.", "an H&E image of {}.", "a whole slide image showing {}.")
 INPUT_LOADER_GROUP = "pathflip.input_loaders"
@@ -51,81 +52,6 @@ def find_input_loader(name: str = DEFAULT_INPUT_LOADER) -> Any:
         f"no input loader named {name!r}: reading files and slides needs the pathflip package (pip install pathflip), "
         "or pass the bag as a dict with features, coords and patch_size_level0."
     )
-
-
-def _texts(name: str, value: Any, example: str) -> list[str]:
-    """A list of distinct non-empty texts (one string is one text)."""
-    texts = [value] if isinstance(value, str) else value
-    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(text, str) for text in texts):
-        raise ValueError(f"{name} must be a text or a non-empty list of texts, got {value!r}; e.g. {example}.")
-    empty = [number for number, text in enumerate(texts) if not text.strip()]
-    if empty:
-        raise ValueError(f"{name} has empty text at position(s) {empty}: {list(texts)!r}; remove them.")
-    repeated = sorted({text for text in texts if texts.count(text) > 1})
-    if repeated:
-        raise ValueError(f"{name} repeats {repeated}; give each one once.")
-    return list(texts)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
-    return value
-
-
-def _mpp(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a positive number of µm per level-0 pixel (0.25 at 40x), got {value!r}.")
-    return float(value)
-
-
-def _templates(name: str, value: Any) -> list[str]:
-    templates = _texts(name, value, "'an H&E image of {}.'")
-    if any("{}" not in template for template in templates):
-        raise ValueError(f"every {name} needs a '{{}}' where the label goes, got {templates}.")
-    return templates
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False (or left out), got {value!r}.")
-    return value
-
-
-def _text_or_none(name: str, value: Any) -> str:
-    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise ValueError(f"{name} must be a non-empty name or path, got {value!r}.")
-    return value
-
-
-def _folder(name: str, value: Any) -> str:
-    value = _text_or_none(name, value)
-    if os.path.isfile(value):
-        raise ValueError(f"{name} {str(value)!r} is a file; give a folder to write the heatmaps into.")
-    return value
-
-
-OPTION_CHECKS = {
-    "candidate_labels": lambda name, value: _texts(name, value, "['tumour', 'normal tissue']"),
-    "candidate_texts": lambda name, value: _texts(name, value, "['Sheets of tumour cells.', 'Fat.']"),
-    "sentences": lambda name, value: _texts(name, value, "'A focus of necrosis.'"),
-    "hypothesis_template": _templates,
-    "top_k": _positive_int,
-    "heatmap_size": _positive_int,
-    "mpp": _mpp,
-    "patch_encoder": _text_or_none,
-    "output_dir": _folder,
-    "slide": _text_or_none,
-    "use_grounding_head": _flag,
-}
-
-
-def check_option(name: str, value: Any) -> Any:
-    """A pipeline option checked before any work (None means "not given" for every option): the value to use, or
-    a `ValueError` naming the option, the value and the fix."""
-    if value is None or name not in OPTION_CHECKS:
-        return value
-    return OPTION_CHECKS[name](name, value)
 
 
 def prompt_ensemble_embeddings(prompt_embeds: torch.Tensor, num_templates: int) -> torch.Tensor:
@@ -267,7 +193,7 @@ class ZeroShotSlideClassificationPipeline(_SlidePipeline):
         if not candidate_labels:
             raise ValueError("candidate_labels must name at least one class, e.g. ['tumour', 'normal tissue'].")
         check_grounding_head_wanted(self.model, use_grounding_head)
-        templates = _templates("hypothesis_template", hypothesis_template)
+        templates = check_templates("hypothesis_template", hypothesis_template)
         prompts = [template.format(label) for label in candidate_labels for template in templates]
         batch = self.bag_batch(inputs, patch_encoder, mpp)
         batch["text"] = dict(self.processor(text=prompts))

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from modeling_pathflip.heatmap_pathflip import heatmap_raster, patch_grid, top_patches_geojson
-from modeling_pathflip.pipeline_pathflip import check_option, zero_shot_logits
+from modeling_pathflip.pipeline_options_pathflip import check_option
+from modeling_pathflip.pipeline_pathflip import zero_shot_logits
 from modeling_pathflip.subcaptions_pathflip import split_sentences
 
 from ..eval.spec import ZERO_SHOT_TEMPLATES

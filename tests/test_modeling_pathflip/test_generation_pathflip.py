@@ -159,6 +159,13 @@ def test_the_pipeline_generates_and_reads_the_option_letter(tmp_path, generation
     assert set(answer) == {"generated_text", "answer"} and answer["answer"] in (None, "A", "B")
     with pytest.raises(ValueError, match="options need a question"):
         generator(bag, prompt="Describe.", options=["a", "b"])
+    refused = [({"question": "Is there fat?", "options": "yes"}, r"options needs at least two answers"),
+               ({"question": "Is there fat?", "options": ["Yes", "yes "]}, r"options repeats"),
+               ({"prompt": ""}, r"prompt must be a non-empty text, got ''"),
+               ({"prompt": 5}, r"prompt must be a non-empty text, got 5")]  # fmt: skip
+    for options, message in refused:
+        with pytest.raises(ValueError, match=message):
+            generator(bag, max_new_tokens=2, **options)
 
 
 REMOTE_LOADER = textwrap.dedent(
