@@ -121,6 +121,10 @@ def _input_cases(tmp, model_dir, bag_file):
     RUN = ["--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run", "--do_train"]  # noqa: N806
     (tmp / "empty").mkdir(exist_ok=True)
     (tmp / "not-a-model").mkdir(exist_ok=True)
+    (tmp / "a-bert").mkdir(exist_ok=True)
+    (tmp / "a-bert" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp / "no-weights").mkdir(exist_ok=True)
+    (tmp / "no-weights" / "config.json").write_text((model_dir / "config.json").read_text())
     (tmp / "table.csv").write_text("slide,label\n")
     (tmp / "kept").mkdir(exist_ok=True)
     (tmp / "kept" / "notes.txt").write_text("a user's own file")
@@ -191,6 +195,9 @@ def _input_cases(tmp, model_dir, bag_file):
         (["decompose", tmp / "empty", "--model", "m", "-o", tmp / "empty"], 2, r"would replace the input"),
         (["retrieve", model_dir, "--index", tmp / "empty", "--query", "x", "--save-index", tmp / "kept"], 2,
          r"--save-index '.*kept' already holds files"),
+        (["classify", tmp / "not-a-model", bag_file, "--labels", "a", "b"], 2, r"has no config.json: not a saved model"),
+        (["eval", tmp / "a-bert", bag_file, "-o", tmp / "eval"], 2, r"holds a 'bert' model, not a PathFLIP model"),
+        (["heatmap", tmp / "no-weights", bag_file, "-s", "x", "-o", tmp / "maps"], 2, r"has no model.safetensors"),
         (["classify", model_dir, bag_file, tmp / "absent.h5", "--labels", "a", "b"], 2,
          r"'.*absent.h5' does not exist; give a bag"),
         (["classify", model_dir, bag_file, "--labels", "a", "b", "-o", tmp / "kept"], 2, r"'.*kept' is a folder"),

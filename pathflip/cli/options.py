@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -89,10 +90,37 @@ def _whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
 
 
+PATHFLIP_MODEL_TYPES = ("pathflip", "pathflip2", "pathflip_generation")
+
+
 def model_reference(text: str) -> str:
-    """A saved model folder, or a Hub id (``org/name``); a path that does not exist is refused here."""
-    return _model_folder_or_id(text, "a folder saved by pathflip train / convert, or a Hub id such as "
-                                     "my-lab/pathflip-brca")  # fmt: skip
+    """A saved PathFLIP model folder, or a Hub id (``org/name``); a path that does not exist, or a folder that holds
+    no PathFLIP model (no config, another model type, no safetensors weights), is refused here."""
+    found = _model_folder_or_id(text, "a folder saved by pathflip train / convert, or a Hub id such as "
+                                      "my-lab/pathflip-brca")  # fmt: skip
+    folder = Path(found).expanduser()
+    if not folder.is_dir():
+        return found
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except FileNotFoundError:
+        raise argparse.ArgumentTypeError(f"{text!r} has no config.json: not a saved model folder; give a folder "
+                                         "saved by pathflip train / convert") from None  # fmt: skip
+    except (OSError, ValueError, AttributeError) as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: its config.json cannot be read ({error})") from None
+    if model_type not in PATHFLIP_MODEL_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} holds a {model_type!r} model, not a PathFLIP model "
+                                         f"({', '.join(PATHFLIP_MODEL_TYPES)})")  # fmt: skip
+    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise argparse.ArgumentTypeError(f"{text!r} has no model.safetensors: its weights are missing (or only in "
+                                         "another format); save the model again")  # fmt: skip
+    return found
+
+
+def text_model_reference(text: str) -> str:
+    """A text model's folder (BERT-like), or a Hub id; a path that does not exist is refused here."""
+    return _model_folder_or_id(text, "a text model's folder (config.json and weights), or a Hub id such as "
+                                     "emilyalsentzer/Bio_ClinicalBERT")  # fmt: skip
 
 
 def language_model_reference(text: str) -> str:

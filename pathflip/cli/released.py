@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import check_replaceable_output, model_reference, output_folder
+from .options import check_replaceable_output, model_reference, output_folder, text_model_reference
 
 
 def command_convert(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def add_verbs(commands) -> None:
     convert = commands.add_parser("convert", help=command_convert.__doc__)
     convert.add_argument("checkpoint", help="the released weights: Lightning .ckpt, pytorch_model.bin or .safetensors")
     convert.add_argument("--hparams", required=True, help="the run's Lightning hparams.yaml")
-    convert.add_argument("--text-model", required=True,
+    convert.add_argument("--text-model", type=text_model_reference, required=True,
                          help="the text tower (folder or Hub id; emilyalsentzer/Bio_ClinicalBERT for the release): "
                          "tokenizer, config, and weights the checkpoint lacks")  # fmt: skip
     convert.add_argument("--output", "-o", type=output_folder, required=True, help="new model folder to write")
