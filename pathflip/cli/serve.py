@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import model_reference, nonempty
+from .options import model_reference, nonempty, torch_device
 
 
 def command_serve(args: argparse.Namespace) -> int:
     """A slide viewer: type a sentence and see where it is; zero-shot labels; search the cohort."""
     from ..viewer import build_viewer, serve
-    from ..viewer.server import check_binding
+    from ..viewer.server import check_binding, check_port
 
     check_binding(args.host, args.token)  # before the model loads
+    check_port(args.host, args.port)
     for name, value in (("--slides", args.slides), ("--bags", args.bags)):
         if value is not None and not Path(value).exists():
             raise ValueError(f"{name} {value} does not exist; give a folder of slides or a cohort table"
@@ -50,6 +51,6 @@ def add_verbs(commands) -> None:
     serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--token", help="a secret every request must carry; required off loopback")
     serve.add_argument("--patch-encoder", help="encoder for slides without a bag (default: the model's)")
-    serve.add_argument("--device", help="torch device for the model (cpu, cuda:0; default: cpu)")
+    serve.add_argument("--device", type=torch_device, help="torch device for the model (cpu, cuda:0; default: cpu)")
     serve.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code")
     serve.set_defaults(run=command_serve)

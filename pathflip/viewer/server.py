@@ -25,6 +25,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (taken, or a host name that does not resolve) before the
+    model loads: uvicorn would report it only afterwards, in its own log format."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        raise ValueError(f"cannot listen on --host {host} --port {port} ({error.strerror or error}); choose another "
+                         "--port, or stop what listens there.") from None  # fmt: skip
+
+
 def check_binding(host: str, token: str | None) -> None:
     """A server reachable from other machines must ask for a token."""
     if not is_loopback(host) and not token:

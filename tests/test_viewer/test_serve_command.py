@@ -22,6 +22,8 @@ from pathflip.cli import main
     (["--port", "70000"], "--port: must be a port number from 1 to 65535"),
     (["--slides", "no/such/folder"], "--slides no/such/folder does not exist"),
     (["--bags", "no/such/bags"], "--bags no/such/bags does not exist"),
+    (["--device", "gpu"], "--device: 'gpu' is not a torch device"),
+    (["--host", "no-such-host.invalid", "--token", "x" * 16], "cannot listen on --host no-such-host.invalid"),
 ])  # fmt: skip
 def test_bad_options_are_one_line_errors_before_any_work(options, fragment, lesion_model_dir, lesion_slides, capsys):
     arguments = ["serve", str(lesion_model_dir), "--slides", str(lesion_slides[0]), *options]
@@ -32,6 +34,16 @@ def test_bad_options_are_one_line_errors_before_any_work(options, fragment, lesi
     assert code == 2
     error = capsys.readouterr().err
     assert fragment in error and len(error.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads(lesion_model_dir, lesion_slides, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", str(lesion_model_dir), "--slides", str(lesion_slides[0]), "--port", str(port)])
+    assert code == 2
+    assert f"cannot listen on --host 127.0.0.1 --port {port}" in capsys.readouterr().err
 
 
 def test_serve_answers_on_loopback_until_stopped(lesion_model_dir, lesion_slides):
