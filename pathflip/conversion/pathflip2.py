@@ -42,18 +42,27 @@ def load_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise ConversionError(f"{path} is not a readable safetensors file ({error}).") from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             loaded = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[-1][:200]
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported" in line or "load key" in line), lines[-1])[:200]
+        if "Unsupported global" not in str(error):  # garbage or another format, not objects: --allow-pickle won't help
+            raise ConversionError(f"{path} is not a PyTorch checkpoint ({reason}); give the released file.") from None
         raise ConversionError(
             f"{path} holds Python objects besides tensors ({reason}); loading them would run code from the file. "
             "Pass --allow-pickle only if you trust where the file comes from, or save its state dict as safetensors."
         ) from error
+    except (RuntimeError, EOFError, ValueError) as error:  # a torn zip archive, an empty file
+        raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({error}).") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]  # a Lightning checkpoint
     if not isinstance(loaded, dict):
@@ -77,10 +86,22 @@ def read_hparams(path: str | Path) -> dict[str, Any]:
         return loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_scalar(node)
 
     _Loader.add_multi_constructor("tag:yaml.org,2002:python/", _plain)
-    values = yaml.load(Path(path).read_text(), Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    try:
+        values = yaml.load(Path(path).read_text(), Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ConversionError(f"--hparams {path} is not a YAML file ({reason}); give the run's hparams.yaml.") from None
     if not isinstance(values, dict):
         raise ConversionError(f"{path} is not a mapping of hyper-parameters.")
     return values
+
+
+def _hparam(hparams: dict[str, Any], key: str, default: Any, kind: type) -> Any:
+    try:
+        return kind(hparams.get(key, default))
+    except (TypeError, ValueError):
+        raise ConversionError(f"hparams {key}: {hparams.get(key)!r} is not a{'n' if kind is int else ''} "
+                              f"{kind.__name__}; fix the hparams file.") from None  # fmt: skip
 
 
 def config_from_hparams(hparams: dict[str, Any], text_config) -> PathFLIP2Config:
@@ -96,17 +117,17 @@ def config_from_hparams(hparams: dict[str, Any], text_config) -> PathFLIP2Config
     if pooling is None:
         raise ConversionError(f"text_pooling_type {hparams.get('text_pooling_type')!r} is not 'mean' or 'cls_token'.")
     return PathFLIP2Config(
-        text_config=text_config.to_dict(), patch_dim=int(hparams.get("image_embed_dim", 512)),
-        embed_dim=int(hparams.get("embed_dim", 512)), num_heads=int(hparams.get("num_heads", 8)),
-        text_pooling=pooling, text_max_length=min(int(hparams.get("max_text_length", 512)),
+        text_config=text_config.to_dict(), patch_dim=_hparam(hparams, "image_embed_dim", 512, int),
+        embed_dim=_hparam(hparams, "embed_dim", 512, int), num_heads=_hparam(hparams, "num_heads", 8, int),
+        text_pooling=pooling, text_max_length=min(_hparam(hparams, "max_text_length", 512, int),
                                                   text_config.max_position_embeddings),
-        num_subcaptions=int(hparams.get("num_text_samples", 8)), soft_topk=int(hparams.get("top_k", 128)),
-        soft_topk_temperature=float(hparams.get("topk_temperature", 0.5)),
-        global_logit_scale_init_value=float(hparams.get("init_logit_scale", 10.0)),
-        global_logit_bias_init_value=float(hparams.get("init_logit_bias", -10.0)),
-        local_logit_scale_init_value=float(hparams.get("init_logit_scale", 10.0)),
-        local_logit_bias_init_value=float(hparams.get("init_logit_bias", -10.0)),
-        max_patches=int(hparams.get("num_patch_samples", 4096)), patch_encoder="conch_v1", patch_size_um=128.0,
+        num_subcaptions=_hparam(hparams, "num_text_samples", 8, int), soft_topk=_hparam(hparams, "top_k", 128, int),
+        soft_topk_temperature=_hparam(hparams, "topk_temperature", 0.5, float),
+        global_logit_scale_init_value=_hparam(hparams, "init_logit_scale", 10.0, float),
+        global_logit_bias_init_value=_hparam(hparams, "init_logit_bias", -10.0, float),
+        local_logit_scale_init_value=_hparam(hparams, "init_logit_scale", 10.0, float),
+        local_logit_bias_init_value=_hparam(hparams, "init_logit_bias", -10.0, float),
+        max_patches=_hparam(hparams, "num_patch_samples", 4096, int), patch_encoder="conch_v1", patch_size_um=128.0,
         patch_size_px=256,
     )  # fmt: skip
 
@@ -160,7 +181,7 @@ def convert_state_dict(
     weights, which fill what the checkpoint lacks (frozen weights are often not saved)."""
     state = strip_prefixes(raw)
     if any(".lora_A." in key for key in state):
-        state = merge_lora(state, float(hparams.get("lora_alpha", 64)) / float(hparams.get("lora_rank", 16)))
+        state = merge_lora(state, _hparam(hparams, "lora_alpha", 64, float) / _hparam(hparams, "lora_rank", 16, float))
     state = {key: value for key, value in to_model_keys(state).items() if not key.startswith(UNUSED_PREFIXES)}
     expected = model.state_dict()
     lacking = [key for key in expected if key not in state and key.startswith("text_model.")]
@@ -192,8 +213,8 @@ def convert_checkpoint(
         if not Path(path).is_file():
             raise FileNotFoundError(f"{what} {path} does not exist; give the released file's path.")
     hparams = read_hparams(hparams_file)
+    config = config_from_hparams(hparams, AutoConfig.from_pretrained(text_model))  # before the large checkpoint
     raw = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
-    config = config_from_hparams(hparams, AutoConfig.from_pretrained(text_model))
     model = PathFLIP2Model(config)
 
     def text_weights() -> dict[str, torch.Tensor]:

@@ -205,6 +205,30 @@ def test_a_pickle_with_objects_is_refused_unless_allowed(tiny_release, tmp_path)
     assert (convert_checkpoint(*arguments, tmp_path / "allowed", allow_pickle=True) / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "checkpoint, hparams, message",
+    [
+        (b"\x80\x04garbage" * 50, None, r"garbage.bin is not a PyTorch checkpoint \(Unsupported operand .*\)"),
+        (b"", None, r"garbage.bin is not a readable PyTorch checkpoint"),
+        (None, "embed_dim: [1", r"--hparams .* is not a YAML file \(while parsing"),
+        (None, "embed_dim: abc\n", r"hparams embed_dim: 'abc' is not an int; fix the hparams file"),
+    ],
+)  # fmt: skip
+def test_files_that_are_not_what_they_claim_are_named(tiny_release, tmp_path, checkpoint, hparams, message):
+    folder = tiny_release["folder"]
+    ckpt, yaml_file = tmp_path / "garbage.bin", folder / "hparams.yaml"
+    if checkpoint is None:
+        torch.save(tiny_release["state"], ckpt)
+    else:
+        ckpt.write_bytes(checkpoint)
+    if hparams is not None:
+        yaml_file = tmp_path / "hparams.yaml"
+        yaml_file.write_text(hparams)
+    with pytest.raises(ConversionError, match=message):
+        convert_checkpoint(ckpt, yaml_file, str(folder / "text-model"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_layout_here_is_the_released_one():
     """The layout these tests generate equals the key list of the authors' class with the released hparams."""
     if not KEYS_FILE.is_file():
