@@ -160,6 +160,8 @@ def _input_cases(tmp, model_dir, bag_file):
          r"--features .*absent is not a folder"),
         (["benchmark", "pathflip2-zero-shot", model_dir, "--features", tmp / "empty", "-o", tmp / "b",
           "--datasets", "Camelyon17"], 2, r"--datasets \['Camelyon17'\] are not in the benchmark"),
+        (["benchmark", "pathflip2-zero-shot", model_dir, "--features", tmp / "empty", "-o", tmp / "b"], 2,
+         r"--features .*empty holds none of the benchmark's slides: name each file <slide_id>.h5"),
         (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run", "--do_train"], 2,
          r"neither a dataset folder \(save_to_disk\) nor parquet files"),
         (["train", "--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "kept", "--do_train"], 2,

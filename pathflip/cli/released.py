@@ -36,6 +36,10 @@ def command_benchmark(args: argparse.Namespace) -> int:
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     results = run_zero_shot_benchmark(model, processor, args.features, split=args.split, datasets=args.datasets,
                                       dtype=torch.bfloat16 if args.bf16 else torch.float32)  # fmt: skip
+    if not any(result["slides_found"] for result in results.values()):
+        raise ValueError(f"--features {args.features} holds none of the benchmark's slides: name each file "
+                         "<slide_id>.h5 (e.g. from the split lists in pathflip/eval/protocols), directly in the "
+                         "folder or in a subfolder per dataset. Nothing was written.")  # fmt: skip
     path = write_benchmark(results, args.output, name=Path(args.model).name)
     print(path.read_text())
     return 0

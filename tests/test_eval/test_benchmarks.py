@@ -90,12 +90,12 @@ def test_the_benchmark_scores_as_the_authors_script_does(converted, tmp_path):
             assert results[dataset][key] == pytest.approx(value, abs=1e-6), (dataset, key)
 
 
-def test_missing_features_are_counted_not_fatal_and_bad_options_refused(converted, tmp_path, capsys):
+def test_no_slide_found_at_all_and_bad_options_are_refused(converted, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["benchmark", "pathflip2-zero-shot", str(converted), "--features", str(tmp_path / "empty"),
-                 "--datasets", "Camelyon16", "-o", str(tmp_path / "out")]) == 0  # fmt: skip
-    results = json.loads((tmp_path / "out" / "benchmark.json").read_text())
-    assert results["Camelyon16"] == {"slides_listed": 129, "slides_found": 0, "slides_missing": 129}
+                 "--datasets", "Camelyon16", "-o", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert "holds none of the benchmark's slides" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     assert main(["benchmark", "pathflip2-zero-shot", str(converted), "--features", str(tmp_path / "empty"),
                  "--datasets", "Camelyon17", "-o", str(tmp_path / "out")]) == 2  # fmt: skip
     assert "not in the benchmark" in capsys.readouterr().err
