@@ -97,6 +97,9 @@ def zero_shot_labels(
     if column not in (dataset.column_names or []):
         if column != "label":
             raise ValueError(f"label column {column!r} is not in the dataset (columns: {dataset.column_names}).")
+        if class_names:
+            raise ValueError(f"class names {list(class_names)} were given, but the dataset has no 'label' column to "
+                             "score them on; name the column of the diagnoses with --label-column.")  # fmt: skip
         return None
     feature = dataset.features.get(column) if dataset.features else None
     values = [row[column] for row in dataset.select_columns([column])]
@@ -108,6 +111,10 @@ def zero_shot_labels(
         return np.asarray(values), list(feature.names)
     if values and isinstance(values[0], str):
         names = given or sorted(set(values))
+        if given is None and len(values) >= 10 and len(names) == len(values):  # a caption or id column
+            raise ValueError(f"column {column!r} has a different value in each of its {len(values)} rows: it holds "
+                             "no diagnoses to classify; name the column of the diagnoses with --label-column, or give "
+                             "--class-names.")  # fmt: skip
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ValueError(f"labels {unknown[:5]} of column {column!r} are not among the class names {names}.")

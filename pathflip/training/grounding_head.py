@@ -88,7 +88,13 @@ class _CaptionedBags:
         missing = {"features", caption_column} - set(dataset.column_names)
         if missing:
             raise ValueError(f"the dataset lacks the column(s) {sorted(missing)}; fitting a grounding head needs "
-                             "patch features and a caption per slide.")  # fmt: skip
+                             "patch features and a caption per slide (name the captions' column with "
+                             "--caption-column).")  # fmt: skip
+        kind = dataset.features[caption_column]
+        if getattr(kind, "dtype", None) not in ("string", "large_string"):
+            raise ValueError(f"column {caption_column!r} holds {type(kind).__name__} "
+                             f"{getattr(kind, 'dtype', '')} values, not caption text; name the captions' column with "
+                             "--caption-column.")  # fmt: skip
         if len(dataset) < 2:
             raise ValueError(f"fitting a grounding head needs at least 2 captioned slides, got {len(dataset)}.")
         self.rows = dataset.with_format("numpy", columns=["features"])

@@ -82,6 +82,20 @@ def test_missing_bag_columns_are_named(model, processor, labelled_dataset):
         evaluate_model(extractor, labelled_dataset[0].remove_columns("coords"))
 
 
+def test_label_columns_that_hold_no_diagnoses_are_refused():
+    import datasets
+
+    from pathflip.eval.runner import zero_shot_labels
+
+    captions = datasets.Dataset.from_dict({"caption": [f"Slide {number} shows fat." for number in range(12)]})
+    with pytest.raises(ValueError, match=r"column 'caption' has a different value in each of its 12 rows"):
+        zero_shot_labels(captions, "caption")
+    with pytest.raises(ValueError, match=r"class names \['a', 'b'\] were given, but the dataset has no 'label'"):
+        zero_shot_labels(captions, "label", ["a", "b"])
+    small = datasets.Dataset.from_dict({"label": ["benign", "tumour", "fat"]})  # a small test split: still scored
+    assert zero_shot_labels(small, "label")[1] == ["benign", "fat", "tumour"]
+
+
 def test_report_and_table(tmp_path):
     runs = {"full": {"grounding_auroc": 0.8312, "pointing_game": 0.5}, "no-region-loss": {"grounding_auroc": 0.5}}
     table = markdown_table(runs)

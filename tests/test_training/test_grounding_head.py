@@ -172,8 +172,11 @@ def test_use_grounding_head_true_needs_a_head(model, processor, bag_factory, bag
 
 def test_bad_datasets_and_options_are_refused_before_any_work(model, processor, bag_factory):
     rows = _rows([bag_factory(i, 8) for i in range(3)])
-    with pytest.raises(ValueError, match="caption"):
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['caption'\].*--caption-column"):
         fit_grounding_head(model, processor, rows.remove_columns("caption"), options=OPTIONS)
+    numbered = rows.add_column("number", list(range(len(rows))))
+    with pytest.raises(ValueError, match=r"column 'number' holds Value int64 values, not caption text"):
+        fit_grounding_head(model, processor, numbered, options=OPTIONS, caption_column="number")
     with pytest.raises(ValueError, match="no caption sentence"):
         fit_grounding_head(model, processor, rows.map(lambda row: {"caption": " "}), options=OPTIONS)
     with pytest.raises(ValueError, match="row 1 of the dataset has no patch features"):
