@@ -252,6 +252,13 @@ class PathFLIPProcessor(ProcessorMixin):
         self.caption_max_length = caption_max_length
         self.subcaption_max_length = subcaption_max_length
         self.seed = seed
+        for name in ("patch_dim", "region_grid_size", "num_subcaptions", "max_sentences_per_subcaption",
+                     "caption_max_length", "subcaption_max_length"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PathFLIPProcessor {name} must be a whole number >= 1, got {value!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"PathFLIPProcessor seed must be a whole number, got {seed!r}.")
         kwargs.pop("max_regions_train", None)  # written by the first release; region sampling is the collator's
         super().__init__(tokenizer, **kwargs)
 
@@ -314,6 +321,14 @@ class PathFLIPProcessor(ProcessorMixin):
         """
         if kwargs:
             raise TypeError(f"PathFLIPProcessor got unexpected options {sorted(kwargs)}.")
+        if return_loss is not None and not isinstance(return_loss, bool):
+            raise ValueError(f"return_loss must be True, False or None, got {return_loss!r}.")
+        if text is not None and (not isinstance(text, str) and (not isinstance(text, Sequence) or not text)):
+            raise ValueError(f"text must be a text or a non-empty list of texts, got {text!r}.")
+        per_bag = [subcaptions] if isinstance(subcaptions, str) else (subcaptions or [])
+        if any(isinstance(own, str) or not all(isinstance(item, str) for item in own) for own in per_bag):
+            raise ValueError(f"subcaptions must be a list of texts per bag, e.g. [['Fat.', 'Tumour.']], got "
+                             f"{subcaptions!r}.")  # fmt: skip
         if bags is None:
             if text is None:
                 raise ValueError("Give bags, text or both.")

@@ -130,3 +130,33 @@ def test_region_positions_survive_region_sampling_and_padding(processor, bag_fac
     everything = full["region_positions"][0].tolist()
     assert len(kept) == 2 and all(position in everything for position in kept.tolist())  # same scale as unsampled
     assert (batch["region_positions"][1][~batch["region_attention_mask"][1].bool()] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"region_grid_size": 0}, r"region_grid_size must be a whole number >= 1, got 0"),
+        ({"num_subcaptions": 0}, r"num_subcaptions must be a whole number >= 1, got 0"),
+        ({"max_sentences_per_subcaption": 0}, r"max_sentences_per_subcaption must be a whole number >= 1"),
+        ({"patch_dim": "96"}, r"patch_dim must be a whole number >= 1, got '96'"),
+        ({"seed": 1.5}, r"seed must be a whole number, got 1.5"),
+    ],
+)
+def test_bad_processor_options_are_named_when_it_is_made(tokenizer, options, message):
+    from modeling_pathflip import PathFLIPProcessor
+
+    with pytest.raises(ValueError, match=message):
+        PathFLIPProcessor(tokenizer, **options)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        ({"text": []}, r"text must be a text or a non-empty list of texts, got \[\]"),
+        ({"return_loss": "no"}, r"return_loss must be True, False or None, got 'no'"),
+        ({"subcaptions": ["Fat. Tumour."]}, r"subcaptions must be a list of texts per bag"),
+    ],
+)
+def test_bad_call_arguments_are_named(processor, bag_factory, call, message):
+    with pytest.raises(ValueError, match=message):
+        processor(bag_factory(0, 10), **call)
