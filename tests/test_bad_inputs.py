@@ -77,6 +77,7 @@ OPTION_CASES = [
     (["heatmap", "m", ".", "-s", "x", "-o", "out", "--top-k", "0"], r"--top-k: must be a whole number >= 1"),
     (["retrieve", "m", "--top-k", "zero"], r"--top-k: must be a whole number, got 'zero'"),
     (["demo", "--num-slides", "0"], r"--num-slides: must be a whole number >= 1"),
+    (["demo", "--num-slides", "3", "--llm-steps", "0"], r"--num-slides must be at least 8 \(a held-out slide of every"),
     (["demo", "--learning-rate=-1e-3"], r"--learning-rate: must be a positive number"),
     (["demo", "--seed", "-3"], r"--seed: must be a whole number from 0 to 4294967295, got .-3."),
     (["demo", "--ablation", "no-loss"], r"--ablation: invalid choice: 'no-loss'"),

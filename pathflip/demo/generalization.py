@@ -17,7 +17,7 @@ import numpy as np
 
 from ..files import write_text
 from ..synthetic.cohort import FAMILIES
-from .options import ABLATIONS, DemoOptions
+from .options import ABLATIONS, MIN_SLIDES, DemoOptions
 
 FULL = "full"  # the recipe as it ships
 HEADLINE = ("zero_shot_balanced_accuracy", "grounding_auroc", "pointing_game")
@@ -53,8 +53,11 @@ def _check(families: list[str], seeds: list[int], variants: list[str], num_slide
             raise ValueError(f"unknown variant {variant!r}; choose from {[FULL, *ABLATIONS]}")
     if not seeds or any(not isinstance(seed, int) or seed < 0 for seed in seeds):
         raise ValueError(f"seeds must be non-negative ints, got {seeds!r}")
-    if not isinstance(num_slides, int) or num_slides < 8:
-        raise ValueError(f"num_slides must be an int >= 8, got {num_slides!r}")
+    for name, values in (("families", families), ("seeds", seeds), ("variants", variants)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name} repeats {sorted({v for v in values if values.count(v) > 1})}; give each once")
+    if not isinstance(num_slides, int) or num_slides < MIN_SLIDES:
+        raise ValueError(f"num_slides must be an int >= {MIN_SLIDES}, got {num_slides!r}")
 
 
 def _run(folder: Path, family: str, seed: int, variant: str, num_slides: int) -> dict:
@@ -127,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and Path(args.json).is_dir():
         parser.exit(2, f"{parser.prog}: error: --json {args.json!r} is a folder; give a file such as "
                        "docs/generalization.json\n")  # fmt: skip
+    blocked = next((parent for parent in Path(args.json or ".").parents if parent.is_file()), None)
+    if blocked is not None:
+        parser.exit(2, f"{parser.prog}: error: --json {args.json!r} lies under the file {str(blocked)!r}; give a path "
+                       "in a folder\n")  # fmt: skip
     try:
         study = run_study(Path(args.output), families=args.families, seeds=args.seeds, variants=args.variants,
                           num_slides=args.num_slides)  # fmt: skip

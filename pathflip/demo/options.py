@@ -25,6 +25,10 @@ ABLATIONS = {
 }
 
 
+# The fewest slides whose stratified 70/30 split still holds out slides of every diagnosis.
+MIN_SLIDES = 8
+
+
 @dataclass
 class DemoOptions:
     """Settings of a demo run (``output`` holds everything; a different seed wants its own folder)."""
@@ -39,6 +43,11 @@ class DemoOptions:
     llm_steps: int = 300  # steps of each LLM stage (caption, instruct); 0 skips the LLM stage
     real_slides: Path | None = Path("../shared/data")  # a folder with cmu-1-small-region.svs, when there is one
     family: str = "lesions"  # the cohort family (pathflip.synthetic.cohort.FAMILIES): "lesions" or "hierarchical"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_slides, bool) or not isinstance(self.num_slides, int) or self.num_slides < MIN_SLIDES:
+            raise ValueError(f"--num-slides must be at least {MIN_SLIDES} (a held-out slide of every diagnosis), got "
+                             f"{self.num_slides!r}.")  # fmt: skip
 
 
 def step(message: str) -> None:

@@ -21,6 +21,8 @@ def test_cli_ablation_names_are_the_demos():
         ({"seeds": [-1]}, "seeds must be non-negative ints"),
         ({"seeds": []}, "seeds must be non-negative ints"),
         ({"num_slides": 4}, "num_slides must be an int >= 8"),
+        ({"seeds": [0, 0]}, r"seeds repeats \[0\]; give each once"),
+        ({"variants": ["full", "full"]}, r"variants repeats \['full'\]"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, arguments, message):
@@ -37,7 +39,9 @@ def test_the_command_line_refuses_a_bad_option_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("num_slides must be an int >= 8, got 3")
     (tmp_path / "runs.txt").write_text("")
     for argv, message in ((["--output", str(tmp_path / "runs.txt")], "runs.txt' is a file; give a folder for the runs"),
-                          (["--output", str(tmp_path / "runs"), "--json", str(tmp_path)], "is a folder; give a file")):
+                          (["--output", str(tmp_path / "runs"), "--json", str(tmp_path)], "is a folder; give a file"),
+                          (["--output", str(tmp_path / "runs"), "--json", str(tmp_path / "runs.txt" / "s.json")],
+                           "lies under the file")):
         with pytest.raises(SystemExit) as exit_:
             generalization.main(argv)
         error = capsys.readouterr().err
