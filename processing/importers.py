@@ -31,7 +31,7 @@ from .cohort_table import CohortTable
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16")
-PATCH_SIZE_HINT = "pass `patch_size_level0=` (the patch side in level-0 pixels) to import it"
+PATCH_SIZE_HINT = "give the patch side in level-0 pixels with --patch-size-level0 (Python: patch_size_level0=)"
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ def import_h5_folder(
     column. With ``output`` the dataset is saved there (``save_to_disk``) and the saved copy is returned.
     """
     options = _options(patch_size_level0, mpp, encoder, dtype)
-    paths = _list_files(folder, ".h5", hint="for a CLAM feat_dir, point at its h5_files/ subfolder")
+    hint = "for a CLAM feat_dir, point at its h5_files/ subfolder; .pt bags need --coords-dir, the .h5 of their coords"
+    paths = _list_files(folder, ".h5", hint=hint)
     return _import(paths, lambda path: _read_h5_bag(path, options), output=output, captions=captions, dtype=dtype,
                    cohort=cohort)  # fmt: skip
 
@@ -338,6 +339,16 @@ def _patch_size_level0(path: Path, attrs: Mapping[str, Any], override: int | Non
     """TRIDENT's ``patch_size_level0``, else CLAM's ``patch_size`` x ``downsample`` of its ``patch_level``."""
     if override is not None:
         return int(override)
+    try:
+        return _attribute_patch_size(path, attrs, required)
+    except (TypeError, ValueError, OverflowError) as error:  # an attribute that is not a number (NaN, text)
+        if str(error).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: coords.attrs hold a patch size that is not a number ({error}); "
+                         f"{PATCH_SIZE_HINT}.") from None  # fmt: skip
+
+
+def _attribute_patch_size(path: Path, attrs: Mapping[str, Any], required: bool) -> int | None:
     if "patch_size_level0" in attrs:
         size = int(attrs["patch_size_level0"])
     elif "patch_size" in attrs and "downsample" in attrs:
@@ -363,9 +374,16 @@ def _find_attr(name: str, attr_sets: tuple) -> Any:
 
 
 def _valid_mpp(mpp: Any, source: str) -> float | None:
-    if mpp is None or np.isnan(float(mpp)):
+    if mpp is None:
+        return None
+    try:
+        mpp = float(mpp)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: mpp {mpp!r} is not a number of µm per level-0 pixel; give it with --mpp "
+                         "(Python: mpp=).") from None  # fmt: skip
+    if np.isnan(mpp):
         return None  # NaN is how some tools write "unknown"
-    if float(mpp) <= 0:
+    if mpp <= 0:
         raise ValueError(f"{source}: mpp must be positive (µm per level-0 pixel), got {mpp}.")
     return float(mpp)
 

@@ -87,7 +87,8 @@ def tile_slide(reader: SlideReader, options: TilingOptions = TilingOptions()) ->
     if patch_size_level0 < 1 or patch_size_level0 > min(width, height):
         raise SlideError(
             f"slide {reader.slide_id!r}: a {options.patch_size}-px patch at {options.target_mpp} mpp covers "
-            f"{patch_size_level0} level-0 pixels, which does not fit the {width}x{height} slide; check --mpp."
+            f"{patch_size_level0} level-0 pixels, which does not fit the {width}x{height} slide of {mpp} mpp; check "
+            "--patch-size, --target-mpp and the slide's mpp (--mpp)."
         )
     thumbnail = reader.thumbnail(min(MASK_THUMBNAIL_SIZE, math.ceil(max(width, height) * mpp / MASK_FINEST_MPP)))
     scale = thumbnail.shape[1] / width, thumbnail.shape[0] / height

@@ -48,7 +48,7 @@ def run_checks() -> int:
     print(f"device            {device} ({torch.get_num_threads()} threads)")
     from huggingface_hub import constants
 
-    for name, folder in (("HF_HOME", constants.HF_HOME), ("HF cache", constants.HF_HUB_CACHE)):
+    for name, folder in (("HF_HOME", constants.HF_HOME), ("HF_HUB_CACHE", constants.HF_HUB_CACHE)):
         problems += not _writable(name, Path(folder))
     print(f"offline           HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}")
     print("all good" if not problems else f"{problems} problem(s)")

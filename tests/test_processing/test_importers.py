@@ -263,3 +263,17 @@ def test_trident_pt_features_saved_as_numpy_import_and_objects_are_refused(tmp_p
     torch.save({"features": Fraction(1, 3)}, tmp_path / "pt" / "slide-n.pt")
     with pytest.raises(ValueError, match=r"cannot be read safely .*fractions.Fraction.*import the .h5 feature files"):
         import_pt_folder(tmp_path / "pt", coords_dir=tmp_path / "patches")
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        ({"mpp": "unknown"}, r"odd.h5: mpp 'unknown' is not a number of µm per level-0 pixel; give it with --mpp"),
+        ({"patch_size_level0": float("nan")}, r"odd.h5: coords.attrs hold a patch size that is not a number .*"
+                                              r"--patch-size-level0"),
+    ],
+)  # fmt: skip
+def test_attributes_that_are_not_numbers_name_the_file(tmp_path, attrs, message):
+    write_trident(tmp_path / "odd.h5", *make_arrays(5, seed=0), **attrs)
+    with pytest.raises(ValueError, match=message):
+        import_h5_folder(tmp_path)
