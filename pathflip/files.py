@@ -101,3 +101,8 @@ def safe_name(text: str, *, max_length: int = 120) -> str:
     if name != text:
         name = f"{name[: max_length - 9]}-{hashlib.sha1(str(text).encode()).hexdigest()[:8]}"
     return name
+
+
+def names_a_local_path(text: str) -> bool:
+    """Whether ``text`` can only be a local path, not a Hub id (``org/name``): a missing one is a mistyped path."""
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text

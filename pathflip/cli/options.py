@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from ..files import names_a_local_path
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """An `ArgumentParser` that reports a bad option in one line (what, the value, the fix) and exits 2."""
@@ -154,7 +156,7 @@ def _model_folder_or_id(text: str, expected: str) -> str:
         if not path.is_dir():
             raise argparse.ArgumentTypeError(f"{text!r} is a file; give the model's folder")
         return str(path)
-    if _names_a_path(text):
+    if names_a_local_path(text):
         raise argparse.ArgumentTypeError(f"model folder {text!r} does not exist; give {expected}")
     return text
 
@@ -164,16 +166,11 @@ def dataset_reference(text: str) -> str:
     here."""
     if Path(text).expanduser().exists():
         return str(Path(text).expanduser())
-    if _names_a_path(text):
+    if names_a_local_path(text):
         raise argparse.ArgumentTypeError(f"dataset {text!r} does not exist; give a folder written by pathflip "
                                          "extract / import, parquet files, or a Hub dataset id such as "
                                          "my-lab/cohort")  # fmt: skip
     return text
-
-
-def _names_a_path(text: str) -> bool:
-    """Whether ``text`` can only be a local path, not a Hub id (``org/name``)."""
-    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
 
 
 def output_folder(text: str) -> str:

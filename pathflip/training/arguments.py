@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from transformers import TrainingArguments
 from modeling_pathflip.generation_pipeline_pathflip import DEFAULT_INSTRUCTION
 
 from ..eval.spec import ZERO_SHOT_TEMPLATES
+from ..files import names_a_local_path
 
 STAGES = ("align", "caption", "instruct")
 
@@ -119,6 +121,30 @@ def check_training_arguments(args: TrainingArguments) -> None:
                          f"{args.num_train_epochs!r}.")  # fmt: skip
 
 
+# What each stage starts from, by the model type in --model_name_or_path's config.json.
+STAGE_SOURCES = {"align": ("pathflip", "pathflip2"), "caption": ("pathflip", "pathflip_generation"),
+                 "instruct": ("pathflip", "pathflip_generation")}  # fmt: skip
+
+
+def _check_sources(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Every folder option that names a local path exists, and --model_name_or_path fits --stage."""
+    for option, value in (("dataset_name_or_path", data_args.dataset_name_or_path),
+                          *((name, getattr(model_args, name)) for name in SOURCE_OPTIONS)):  # fmt: skip
+        if value and names_a_local_path(value) and not Path(value).expanduser().exists():
+            raise ValueError(f"--{option} {value} does not exist; check the path (or give a Hub id such as org/name).")
+    config = Path(model_args.model_name_or_path or "").expanduser() / "config.json"
+    if model_args.model_name_or_path and config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type not in STAGE_SOURCES[model_args.stage]:
+            raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {model_type!r} model; "
+                             f"--stage {model_args.stage} starts from a "
+                             f"{' or '.join(map(repr, STAGE_SOURCES[model_args.stage]))} model.")  # fmt: skip
+
+
+SOURCE_OPTIONS = ("model_name_or_path", "config_name", "recipe", "text_model_name_or_path", "tokenizer_name",
+                  "qformer_init_from", "llm_name_or_path")  # fmt: skip
+
+
 def check_run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> None:
     """Refuse a run with nothing to do, and a training run whose --output_dir would replace what is already there:
     the dataset or the model it starts from (always), an earlier run or other files (unless resumed or
@@ -127,6 +153,7 @@ def check_run(model_args: ModelArguments, data_args: DataArguments, args: Traini
         raise ValueError("nothing to do: give --do_train, --do_eval (with --eval_split) or both.")
     if args.do_eval and not data_args.eval_split:
         raise ValueError("--do_eval needs --eval_split, the split to evaluate on (e.g. test).")
+    _check_sources(model_args, data_args)
     if not args.do_train:
         return
     output = Path(args.output_dir).expanduser().resolve()
