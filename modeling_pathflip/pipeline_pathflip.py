@@ -117,6 +117,9 @@ class _SlidePipeline(Pipeline):
         the model's config records (patch encoder, patch side in µm and pixels), on the pipeline's device."""
         if isinstance(inputs, Mapping):
             return [inputs]
+        if not isinstance(inputs, (str, os.PathLike)):
+            raise ValueError(f"a slide input must be a bag (a dict or dataset row with features, coords and "
+                             f"patch_size_level0) or a path, got {type(inputs).__name__} {inputs!r:.80}.")  # fmt: skip
         config = getattr(self.model.config, "pathflip_config", self.model.config)
         return list(self.input_loader.load_bags(
             inputs, patch_encoder=patch_encoder or config.patch_encoder, mpp=mpp, device=self.device,
@@ -332,6 +335,15 @@ class SlideTextRetrievalPipeline(_SlidePipeline):
         ``use_faiss``: attach a FAISS index (default: when faiss is installed).
         """
 
+        columns = getattr(dataset, "column_names", None)
+        if not isinstance(columns, list) or not hasattr(dataset, "map"):
+            raise ValueError(f"build_index takes one split of a feature-bag dataset (a datasets.Dataset, e.g. "
+                             f"dataset['test']), got {type(dataset).__name__}.")  # fmt: skip
+        missing = sorted({"features", "coords"} - set(columns))
+        if missing or not len(dataset):
+            raise ValueError(f"build_index needs feature bags: the dataset has {len(dataset)} rows and lacks "
+                             f"{missing or 'nothing'}.")  # fmt: skip
+
         def embed(row):
             bag = {name: tensor.to(self.device) for name, tensor in self.bag_batch(row)["bag"].items()}
             with torch.no_grad():
@@ -348,6 +360,9 @@ class SlideTextRetrievalPipeline(_SlidePipeline):
         return index
 
     def preprocess(self, inputs, candidate_texts=None, index=None, patch_encoder=None, mpp=None):
+        if candidate_texts is not None and index is not None:
+            raise ValueError("give candidate_texts= (rank texts for a slide) or index= (rank slides for a text), "
+                             "not both.")  # fmt: skip
         if candidate_texts is not None:
             if not candidate_texts:
                 raise ValueError("candidate_texts must hold at least one text.")
@@ -357,11 +372,23 @@ class SlideTextRetrievalPipeline(_SlidePipeline):
             return batch
         if index is None:
             raise ValueError("give candidate_texts= to rank texts for a slide, or index= to rank slides for a text.")
-        if "slide_embedding" not in index.column_names:
-            raise ValueError("index has no slide_embedding column: build it with pipe.build_index(dataset).")
+        self._check_index(index)
         if not isinstance(inputs, str) or not inputs.strip():
             raise ValueError(f"a text query must be a non-empty string, got {inputs!r}.")
         return {"text": dict(self.processor(text=[inputs])), "index": index}
+
+    def _check_index(self, index) -> None:
+        columns = getattr(index, "column_names", None)
+        if not isinstance(columns, list) or "slide_embedding" not in columns:
+            raise ValueError(f"index must be a datasets.Dataset with a slide_embedding column, made by "
+                             f"pipe.build_index(dataset) (saved ones load with datasets.load_from_disk); got "
+                             f"{type(index).__name__}{' without that column' if isinstance(columns, list) else ''}.")
+        if not len(index):
+            raise ValueError("index has no rows; build it from a dataset with slides in it.")
+        width, made = len(index[0]["slide_embedding"]), self.model.config.embed_dim
+        if width != made:
+            raise ValueError(f"index holds {width}-wide slide embeddings, but this model makes {made}-wide ones; "
+                             "build the index with this model.")  # fmt: skip
 
     def _forward(self, model_inputs):
         texts = torch.nn.functional.normalize(self.model.get_text_features(**model_inputs["text"]), dim=-1)

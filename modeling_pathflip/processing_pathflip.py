@@ -54,6 +54,8 @@ MAX_LEVEL0_SIDE = 2**31 - 1
 def _whole_positive(value: Any) -> bool:
     """Whether ``value`` is a whole number from 1 to `MAX_LEVEL0_SIDE` (an int, or a float / numpy scalar without a
     fraction)."""
+    if isinstance(value, (str, bytes, bool)):  # "256" is a string read from somewhere, not a patch side
+        return False
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -91,6 +93,9 @@ def validate_bag(
             f"{name}: coords of shape {tuple(coords.shape)} do not match {features.shape[0]} feature rows; "
             "expected one (x, y) per patch row."
         )
+    if coords.is_floating_point() and not torch.isfinite(coords).all():
+        bad = int((~torch.isfinite(coords)).any(dim=1).nonzero()[0])
+        raise ValueError(f"{name}: NaN or Inf in coords (first at row {bad}); every patch needs its level-0 (x, y).")
     features = features.float()
     if not torch.isfinite(features).all():
         bad = int((~torch.isfinite(features)).any(dim=1).nonzero()[0])

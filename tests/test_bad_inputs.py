@@ -284,6 +284,9 @@ BAD_BAGS = [
     (lambda b: {**b, "patch_size_level0": 0}, r"missing or invalid patch_size_level0 \(0\)"),
     (lambda b: {**b, "coords": torch.cat([b["coords"][:1], b["coords"][:19]])}, r"duplicate coords"),
     (lambda b: {key: value for key, value in b.items() if key != "coords"}, r"missing 'coords'"),
+    (lambda b: {**b, "coords": b["coords"].float().index_fill(0, torch.tensor([3]), float("nan"))},
+     r"NaN or Inf in coords \(first at row 3\)"),
+    (lambda b: {**b, "patch_size_level0": "256"}, r"missing or invalid patch_size_level0 \('256'\)"),
 ]  # fmt: skip
 
 
@@ -291,6 +294,12 @@ BAD_BAGS = [
 def test_bad_bags_name_the_slide(model_dir, bag_factory, change, message):
     with pytest.raises(ValueError, match=f"slide 'slide-0'.*{message}|{message}"):
         pipeline("slide-feature-extraction", model=str(model_dir))(change(bag_factory(0, 20)))
+
+
+@pytest.mark.parametrize("value", [None, 5, 2.5])
+def test_an_input_that_is_neither_a_bag_nor_a_path_is_named(model_dir, value):
+    with pytest.raises(ValueError, match=rf"a slide input must be a bag .* or a path, got \w+ {value}"):
+        pipeline("slide-feature-extraction", model=str(model_dir))(value)
 
 
 # ---- file names built from data stay inside the output folder -------------------------------------------------

@@ -104,10 +104,6 @@ def _search_index(args: argparse.Namespace, retriever):
     if "slide_embedding" in index.column_names:
         if args.save_index:
             raise ValueError(f"--index {args.index} already holds slide embeddings; leave out --save-index.")
-        width, made = len(index[0]["slide_embedding"]) if len(index) else 0, retriever.model.config.embed_dim
-        if width != made:
-            raise ValueError(f"--index {args.index} holds {width}-wide slide embeddings, but this model makes "
-                             f"{made}-wide ones; build the index with this model.")  # fmt: skip
         return index
     index = retriever.build_index(index, use_faiss=False)  # save_to_disk refuses attached FAISS indexes
     if args.save_index:

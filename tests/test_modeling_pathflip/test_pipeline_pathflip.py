@@ -236,6 +236,16 @@ def test_retrieval_ranks_slides_for_a_text_and_texts_for_a_slide(tmp_path, pipe,
     assert [hit["text"] for hit in ranked] == [texts[i] for i in scores.argsort(descending=True)[:2].tolist()]
     with pytest.raises(ValueError, match="candidate_texts= .* or index="):
         retriever(bags[0])
+    refused = [(lambda: retriever("fat", index=str(tmp_path)), r"index must be a datasets.Dataset .* got str"),
+               (lambda: retriever("fat", index=index.select([])), r"index has no rows"),
+               (lambda: retriever(bags[0], candidate_texts=texts, index=index), r"not both"),
+               (lambda: retriever.build_index([bags[0]]), r"build_index takes one split .* got list"),
+               (lambda: retriever.build_index(index), r"lacks \['coords', 'features'\]")]  # fmt: skip
+    narrow = index.map(lambda row: {"slide_embedding": row["slide_embedding"][:3]})
+    refused.append((lambda: retriever("fat", index=narrow), r"holds 3-wide slide embeddings, but this model makes"))
+    for call, message in refused:
+        with pytest.raises(ValueError, match=message):
+            call()
     pytest.importorskip("faiss")
     faiss_index = retriever.build_index(dataset)  # faiss installed: an inner-product FAISS index is attached
     assert faiss_index.is_index_initialized("slide_embedding")
