@@ -20,6 +20,7 @@ class SlideTextGenerationPipeline(_SlidePipeline):
 
     preprocess_options = ("prompt", "question", "options", "patch_encoder", "mpp")
     postprocess_options = ()
+    model_types = ("pathflip_generation",)
 
     def _sanitize_parameters(self, **kwargs):
         generate_kwargs = dict(kwargs.pop("generate_kwargs", None) or {})

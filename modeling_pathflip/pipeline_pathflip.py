@@ -101,9 +101,17 @@ class _SlidePipeline(Pipeline):
     preprocess_options: tuple[str, ...] = ("patch_encoder", "mpp")
     postprocess_options: tuple[str, ...] = ()
 
+    model_types: tuple[str, ...] = ("pathflip", "pathflip2")  # what the task's model must be
+
     def __init__(self, *args, input_loader: Any = DEFAULT_INPUT_LOADER, **kwargs):
         self._input_loader = input_loader
         super().__init__(*args, **kwargs)
+        model_type = getattr(self.model.config, "model_type", None)
+        if model_type not in self.model_types:
+            other = ("a slide-text-generation model (pathflip train --stage caption / instruct)"
+                     if "pathflip_generation" in self.model_types else "an alignment model")  # fmt: skip
+            raise ValueError(f"{type(self).__name__} runs on {other}; this one is a {model_type!r} model. Use the "
+                             "tasks its folder's config.json lists under custom_pipelines.")  # fmt: skip
 
     @property
     def input_loader(self) -> Any:

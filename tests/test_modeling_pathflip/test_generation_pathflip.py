@@ -168,6 +168,16 @@ def test_the_pipeline_generates_and_reads_the_option_letter(tmp_path, generation
             generator(bag, max_new_tokens=2, **options)
 
 
+def test_an_alignment_task_on_an_llm_stage_model_names_the_mismatch(tmp_path, generation_model):
+    from transformers import pipeline
+
+    from modeling_pathflip import save_pretrained_with_pipelines
+
+    save_pretrained_with_pipelines(*generation_model, tmp_path / "model")
+    with pytest.raises(ValueError, match=r"runs on an alignment model; this one is a 'pathflip_generation' model"):
+        pipeline("zero-shot-slide-classification", model=str(tmp_path / "model"))
+
+
 REMOTE_LOADER = textwrap.dedent(
     """
     import sys
