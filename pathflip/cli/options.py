@@ -176,19 +176,19 @@ def dataset_reference(text: str) -> str:
 def output_folder(text: str) -> str:
     """A folder to write into: refused here if the path is an existing file (the command would fail only once its
     work is done)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    if Path(text).expanduser().is_file():
-        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a folder to write into")
-    return text
+    return _output_path(text, Path.is_file, "is a file; give a folder to write into")
 
 
 def output_file(text: str) -> str:
     """A file to write: refused here if the path is an existing folder (it would fail once the work is done)."""
+    return _output_path(text, Path.is_dir, "is a folder; give a file name such as predictions.jsonl")
+
+
+def _output_path(text: str, is_wrong_kind, refusal: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
-    if Path(text).expanduser().is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name such as predictions.jsonl")
+    if is_wrong_kind(Path(text).expanduser()):
+        raise argparse.ArgumentTypeError(f"{text!r} {refusal}")
     return text
 
 
