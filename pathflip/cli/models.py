@@ -53,8 +53,6 @@ def command_classify(args: argparse.Namespace) -> int:
 
 def command_retrieve(args: argparse.Namespace) -> int:
     """Text -> slides of a dataset (--query), or slide -> candidate texts (--slide): JSON lines."""
-
-
     _check_json_output(args)
     if args.save_index:
         check_replaceable_output(args.save_index, inputs=[args.index] if args.index else [], overwrite=args.overwrite,
