@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def check_run(model_args: ModelArguments, data_args: DataArguments, args: Traini
             if output == found or found in output.parents:
                 raise ValueError(f"--output_dir {args.output_dir} would write into --{option} {source}; give the "
                                  "run a folder of its own.")  # fmt: skip
-    held = sorted(path.name for path in output.iterdir()) if output.is_dir() else []
+    # Only the first process looks: under torchrun another may already have started writing the run.
+    first = os.environ.get("RANK", "0") == "0"
+    held = sorted(path.name for path in output.iterdir()) if first and output.is_dir() else []
     if held and not (args.resume_from_checkpoint or model_args.overwrite_output_dir):
         kind = "checkpoints of an earlier run" if any(name.startswith("checkpoint-") for name in held) else "files"
         raise ValueError(f"--output_dir {args.output_dir} already holds {kind} ({', '.join(held[:4])}"
