@@ -303,6 +303,10 @@ class SlideGroundingPipeline(_SlidePipeline):
             found = self.input_loader.slide_canvas(source, mpp=mpp, longest=heatmap_size)
             if found is not None:
                 thumbnail, dimensions = found
+                reach = batch["coords"].max(dim=0).values + (batch["patch_size_level0"] or 0)
+                if int(reach[0]) > dimensions[0] or int(reach[1]) > dimensions[1]:
+                    raise ValueError(f"slide={source!r} is {dimensions[0]}x{dimensions[1]} level-0 px, but the bag's "
+                                     f"patches reach ({int(reach[0])}, {int(reach[1])}): it is not this bag's slide.")
                 size = (thumbnail.shape[1], thumbnail.shape[0])
                 return {"thumbnail": thumbnail, "dimensions": dimensions, "size": size}
         if required:

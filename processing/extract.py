@@ -129,10 +129,10 @@ def find_slides(inputs: Sequence[str | Path]) -> list[Path]:
             slides.append(item)
     stems: dict[str, Path] = {}
     for slide in slides:
-        if slide.stem in stems and stems[slide.stem] != slide:
+        if slide.stem in stems and stems[slide.stem].resolve() != slide.resolve():
             raise ValueError(f"two slides share the id {slide.stem!r}: {stems[slide.stem]} and {slide}; rename one.")
-        stems[slide.stem] = slide
-    return slides
+        stems.setdefault(slide.stem, slide)
+    return list(stems.values())  # a slide named twice (a file and its folder, a repeated path) is read once
 
 
 class PatchReadDataset(Dataset):

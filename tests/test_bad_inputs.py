@@ -212,6 +212,8 @@ def _input_cases(tmp, model_dir, bag_file):
          r"--output .*table.csv already exists; pass --overwrite to replace it"),
         (["classify", model_dir, bag_file, "--labels", "a", "b", "-o", bag_file, "--overwrite"], 2,
          r"--output .*bag.pt is the input .*; write the results to a new file"),
+        (["classify", model_dir, bag_file, "--labels", "a", "b", "--patch-encoder", "uni"], 2,
+         r"--patch-encoder says how to encode a slide file, but no input is one"),
         (["retrieve", model_dir, "--slide", bag_file, "--text", "a", "--query", "b"], 2,
          r"give one of the two searches"),
         (["retrieve", model_dir, "--index", tmp / "empty", "--query", "x", "--query", "x"], 2, r"--query repeats \['x'\]"),

@@ -27,6 +27,7 @@ from .options import (
 
 def command_heatmap(args: argparse.Namespace) -> int:
     """Ground sentences in a slide: heatmap PNG over the thumbnail (or the patch grid) and GeoJSON."""
+    _check_slide_options(args, [args.input])
     grounder = _pipeline("slide-grounding", args)
     options = {"patch_encoder": args.patch_encoder, "mpp": args.mpp, "top_k": args.top_k, "output_dir": args.output}
     for result in grounder(args.input, sentences=args.sentence, slide=args.slide, **options):
@@ -37,6 +38,7 @@ def command_heatmap(args: argparse.Namespace) -> int:
 def command_classify(args: argparse.Namespace) -> int:
     """Zero-shot slide classification: one JSON line per slide with the ranked labels."""
     _check_json_output(args)
+    _check_slide_options(args, args.inputs)
     classifier = _pipeline("zero-shot-slide-classification", args)
     templates = {"hypothesis_template": args.template} if args.template else {}
 
@@ -58,6 +60,7 @@ def command_retrieve(args: argparse.Namespace) -> int:
         check_replaceable_output(args.save_index, inputs=[args.index] if args.index else [], overwrite=args.overwrite,
                                  option="--save-index")  # fmt: skip
     _check_retrieve_mode(args)
+    _check_slide_options(args, [args.slide] if args.slide else [])
     retriever = _pipeline("slide-text-retrieval", args)
     if args.slide:
         records = ({"slide_id": name, "matches": retriever(bag, candidate_texts=args.text, top_k=args.top_k,
@@ -68,6 +71,16 @@ def command_retrieve(args: argparse.Namespace) -> int:
         records = ({"query": query, "matches": retriever(query, index=index, top_k=args.top_k)} for query in args.query)
     _emit(records, args)
     return 0
+
+
+def _check_slide_options(args: argparse.Namespace, inputs: list[str]) -> None:
+    """--patch-encoder and --mpp say how to encode a slide file: refused when no input is one (a bag is encoded)."""
+    from ..processing.extract import SLIDE_SUFFIXES
+
+    given = [option for option, value in (("--patch-encoder", args.patch_encoder), ("--mpp", args.mpp)) if value]
+    if given and not any(Path(source).suffix.lower() in SLIDE_SUFFIXES for source in inputs):
+        raise ValueError(f"{' and '.join(given)} say{'' if len(given) > 1 else 's'} how to encode a slide file, but no "
+                         "input is one (bags and datasets are already encoded); leave them out.")  # fmt: skip
 
 
 def _check_retrieve_mode(args: argparse.Namespace) -> None:

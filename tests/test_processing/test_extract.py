@@ -196,3 +196,12 @@ def test_torchrun_splits_slides_across_processes_and_merges_them(tmp_path, slide
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["processes"] == 2 and sorted(report["done"]) == [f"split-{i}" for i in range(3)]
     assert sorted(_rows(tmp_path)) == [f"split-{i}" for i in range(3)]
+
+
+def test_a_slide_named_twice_is_read_once(tmp_path):
+    from pathflip.processing.extract import find_slides
+
+    (tmp_path / "a.svs").write_bytes(b"")
+    (tmp_path / "b.svs").write_bytes(b"")
+    assert find_slides([tmp_path / "a.svs", str(tmp_path / "a.svs"), tmp_path]) == [tmp_path / "a.svs",
+                                                                                     tmp_path / "b.svs"]  # fmt: skip

@@ -75,3 +75,18 @@ def test_heatmap_command_writes_png_and_geojson_over_the_slide(tmp_path, slide_f
     for feature in collection["features"]:
         ring = feature["geometry"]["coordinates"][0]
         assert ring[0] == ring[-1] and all(0 <= x <= 2048 and 0 <= y <= 1536 for x, y in ring)
+
+
+def test_a_background_slide_that_is_not_the_bags_is_refused(tmp_path, slide_factory, tokenizer, config_factory,
+                                                             bag_factory):  # fmt: skip
+    from transformers import pipeline
+
+    from modeling_pathflip import PathFLIPModel, PathFLIPProcessor, save_pretrained_with_pipelines
+
+    config = config_factory()
+    save_pretrained_with_pipelines(PathFLIPModel(config).eval(), PathFLIPProcessor.from_model_config(tokenizer, config),
+                                   tmp_path / "model")  # fmt: skip
+    bag = bag_factory(0, 20)
+    bag["coords"] = bag["coords"] + 5000  # beyond the 2048 x 1536 slide
+    with pytest.raises(ValueError, match=r"is 2048x1536 level-0 px, but the bag's patches reach .*not this bag's"):
+        pipeline("slide-grounding", model=str(tmp_path / "model"))(bag, sentences="x", slide=str(slide_factory("bg")))
