@@ -15,6 +15,10 @@ def command_serve(args: argparse.Namespace) -> int:
 
     check_binding(args.host, args.token)  # before the model loads
     check_port(args.host, args.port)
+    if args.labels:
+        from modeling_pathflip.pipeline_options_pathflip import OPTION_CHECKS
+
+        OPTION_CHECKS["candidate_labels"]("--labels", args.labels)  # the zero-shot panel's rules: no repeats
     for name, value in (("--slides", args.slides), ("--bags", args.bags)):
         if value is not None and not Path(value).exists():
             raise ValueError(f"{name} {value} does not exist; give a folder of slides or a cohort table"

@@ -23,6 +23,7 @@ from pathflip.cli import main
     (["--slides", "no/such/folder"], "--slides no/such/folder does not exist"),
     (["--bags", "no/such/bags"], "--bags no/such/bags does not exist"),
     (["--device", "gpu"], "--device: 'gpu' is not a torch device"),
+    (["--labels", "tumour", "Tumour"], "--labels repeats ['Tumour', 'tumour']"),
     (["--host", "no-such-host.invalid", "--token", "x" * 16], "cannot listen on --host no-such-host.invalid"),
 ])  # fmt: skip
 def test_bad_options_are_one_line_errors_before_any_work(options, fragment, lesion_model_dir, lesion_slides, capsys):
