@@ -24,6 +24,13 @@ def _texts(name: str, value: Any, example: str) -> list[str]:
     return list(texts)
 
 
+def _labels(name: str, value: Any) -> list[str]:
+    labels = _texts(name, value, "['tumour', 'normal tissue']")
+    if len(labels) < 2:  # the softmax over one class is 1.0 whatever the slide
+        raise ValueError(f"{name} needs two or more classes to choose between, got {labels!r}.")
+    return labels
+
+
 def _one_text(name: str, value: Any, example: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty text, got {value!r}; e.g. {example}.")
@@ -89,7 +96,7 @@ def _folder(name: str, value: Any) -> str:
 
 
 OPTION_CHECKS = {
-    "candidate_labels": lambda name, value: _texts(name, value, "['tumour', 'normal tissue']"),
+    "candidate_labels": lambda name, value: _labels(name, value),
     "candidate_texts": lambda name, value: _texts(name, value, "['Sheets of tumour cells.', 'Fat.']"),
     "sentences": lambda name, value: _texts(name, value, "'A focus of necrosis.'"),
     "hypothesis_template": check_templates,

@@ -240,21 +240,21 @@ PIPELINE_CASES = [
     ("zero-shot-slide-classification", {"candidate_labels": ["tumour", " "]}, r"candidate_labels has empty text"),
     ("zero-shot-slide-classification", {"candidate_labels": []}, r"candidate_labels must be a text or a non-empty list"),
     ("zero-shot-slide-classification", {"candidate_labels": [1, 2]}, r"candidate_labels must be a text"),
-    ("zero-shot-slide-classification", {"candidate_labels": "tumour", "top_k": 0}, r"top_k must be a positive whole"),
-    ("zero-shot-slide-classification", {"candidate_labels": "tumour", "top_k": -1}, r"top_k must be a positive"),
-    ("zero-shot-slide-classification", {"candidate_labels": "tumour", "top_k": 1.5}, r"top_k must be a positive"),
-    ("zero-shot-slide-classification", {"candidate_labels": "tumour", "top_k": True}, r"top_k must be a positive"),
-    ("zero-shot-slide-classification", {"candidate_labels": "a", "hypothesis_template": "no slot"},
+    ("zero-shot-slide-classification", {"candidate_labels": ["tumour", "fat"], "top_k": 0}, r"top_k must be a positive whole"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["tumour", "fat"], "top_k": -1}, r"top_k must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["tumour", "fat"], "top_k": 1.5}, r"top_k must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["tumour", "fat"], "top_k": True}, r"top_k must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["a", "b"], "hypothesis_template": "no slot"},
      r"hypothesis_template needs one '\{\}'"),
-    ("zero-shot-slide-classification", {"candidate_labels": "a", "hypothesis_template": "{} and {}"},
+    ("zero-shot-slide-classification", {"candidate_labels": ["a", "b"], "hypothesis_template": "{} and {}"},
      r"needs one '\{\}' where the label goes and no other braces, got '\{\} and \{\}'"),
-    ("zero-shot-slide-classification", {"candidate_labels": "a", "hypothesis_template": "{x} {}"}, r"no other braces"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["a", "b"], "hypothesis_template": "{x} {}"}, r"no other braces"),
     ("zero-shot-slide-classification", {"candidate_labels": ["Tumour", "tumour "]},
      r"candidate_labels repeats \['Tumour', 'tumour '\] \(case and spaces aside\)"),
     ("slide-grounding", {"sentences": "a", "heatmap_size": 10**6}, r"heatmap_size is the heatmap's longest side .* at most"),
-    ("zero-shot-slide-classification", {"candidate_labels": "a", "mpp": float("nan")}, r"mpp must be a positive"),
-    ("zero-shot-slide-classification", {"candidate_labels": "a", "mpp": -0.5}, r"mpp must be a positive"),
-    ("zero-shot-slide-classification", {"candidate_labels": "a", "colour": "red"}, r"unknown option\(s\) \['colour'\]"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["a", "b"], "mpp": float("nan")}, r"mpp must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["a", "b"], "mpp": -0.5}, r"mpp must be a positive"),
+    ("zero-shot-slide-classification", {"candidate_labels": ["a", "b"], "colour": "red"}, r"unknown option\(s\) \['colour'\]"),
     ("slide-grounding", {"sentences": ""}, r"sentences has empty text"),
     ("slide-grounding", {"sentences": ["a", "a"]}, r"sentences repeats \['a'\]"),
     ("slide-grounding", {"sentences": "a", "heatmap_size": 0}, r"heatmap_size must be a positive whole"),
@@ -273,10 +273,9 @@ def test_bad_pipeline_arguments_are_refused(model_dir, bag_factory, task, option
         pipeline(task, model=str(model_dir))(bag_factory(0, 20), **options)
 
 
-def test_one_string_is_one_label(model_dir, bag_factory):
-    ranked = pipeline("zero-shot-slide-classification", model=str(model_dir))(bag_factory(0, 20),
-                                                                              candidate_labels="tumour")  # fmt: skip
-    assert [item["label"] for item in ranked] == ["tumour"], "not six one-letter labels"
+def test_one_string_is_one_label_and_one_label_is_not_a_choice(model_dir, bag_factory):
+    with pytest.raises(ValueError, match=r"candidate_labels needs two or more classes to choose between, got \['tumour'\]"):
+        pipeline("zero-shot-slide-classification", model=str(model_dir))(bag_factory(0, 20), candidate_labels="tumour")
 
 
 BAD_BAGS = [

@@ -27,6 +27,7 @@ from .encoding import PreparedSlide, SlideEncodings
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 MAX_SENTENCES = len(PALETTE)
 MAX_TOP_PATCHES = 200
+MAX_LABELS = 64  # each label is 3 prompts through the text tower while the model is held
 
 
 def sentences_of(text: Any) -> list[str]:
@@ -44,7 +45,7 @@ def sentences_of(text: Any) -> list[str]:
 
 
 def _top_k(value: Any) -> int:
-    top_k = check_option("top_k", value)
+    top_k = check_option("top_k", 10 if value is None else value)  # null is "not given", as in the pipelines
     if top_k > MAX_TOP_PATCHES:
         raise ValueError(f"top_k must be at most {MAX_TOP_PATCHES}, got {top_k}.")
     return top_k
@@ -137,7 +138,11 @@ def layers_png(encodings: SlideEncodings, key: str, text: Any, *, opacity: float
 
 def zero_shot(encodings: SlideEncodings, key: str, labels: Any) -> list[dict[str, Any]]:
     """``[{label, score}]`` sorted: the slide against the labels, with the evaluation's prompt ensemble."""
+    if labels is None:
+        raise ValueError("labels are missing; give two or more class names, e.g. ['tumour', 'normal tissue'].")
     labels = check_option("candidate_labels", labels)
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"labels has {len(labels)} classes; give at most {MAX_LABELS}.")
     prepared = encodings.get(key)
     prompts = [template.format(label) for label in labels for template in ZERO_SHOT_TEMPLATES]
     texts = _texts(encodings, prompts)
@@ -153,7 +158,7 @@ def search(encodings: SlideEncodings, text: Any, top_k: Any = 10) -> dict[str, A
     """The indexed slides ranked by cosine similarity to ``text``; says how many slides are not indexed yet."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty search text, got {text!r}.")
-    top_k = check_option("top_k", top_k)
+    top_k = check_option("top_k", 10 if top_k is None else top_k)
     keys = list(encodings.embeddings)
     total = len(encodings.library.slides)
     if not keys:

@@ -20,7 +20,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..eval.spec import ZERO_SHOT_TEMPLATES
 from . import answers
-from .encoding import NotReadyError, SlideEncodings
+from .encoding import NotReadyError, SlideEncodings, SlideFailedError
 from .library import UnknownSlideError
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def _errors(app: FastAPI) -> None:
 
     app.add_exception_handler(UnknownSlideError, reply(404))
     app.add_exception_handler(NotReadyError, reply(409))
+    app.add_exception_handler(SlideFailedError, reply(422))
     app.add_exception_handler(ValueError, reply(400))
 
     @app.exception_handler(RequestValidationError)

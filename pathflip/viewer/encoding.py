@@ -24,6 +24,10 @@ class NotReadyError(RuntimeError):
     """The slide is not prepared yet (its status says how far it is)."""
 
 
+class SlideFailedError(RuntimeError):
+    """The slide could not be prepared; the message says why (POST .../prepare tries again)."""
+
+
 @dataclass
 class PreparedSlide:
     """One slide as the model sees it: processor inputs, patch geometry and the kept slide encoding."""
@@ -102,6 +106,9 @@ class SlideEncodings:
             if prepared is not None:
                 self._prepared.move_to_end(key)
                 return prepared
+        if self.status(key).state == "failed":  # asking again must not re-encode it on every request
+            raise SlideFailedError(f"{self.status(key).message} (fix the slide, then POST /api/slides/{key}/prepare "
+                                   "to try again)")  # fmt: skip
         status = self.prepare(key)
         raise NotReadyError(f"slide {key!r} is {status.state} ({status.as_json()['progress']:.0%}); POST "
                             f"/api/slides/{key}/prepare and poll its status.")  # fmt: skip

@@ -144,13 +144,13 @@ def test_a_slide_file_is_tiled_and_encoded(tmp_path, config_factory, tokenizer):
         ("zero-shot-slide-classification", {"candidate_labels": []}, ValueError, "must be a text or a non-empty list"),
         (
             "zero-shot-slide-classification",
-            {"candidate_labels": ["a"], "hypothesis_template": "no slot"},
+            {"candidate_labels": ["a", "b"], "hypothesis_template": "no slot"},
             ValueError,
             "'{}'",
         ),
         (
             "zero-shot-slide-classification",
-            {"candidate_labels": ["a"], "use_grounding_head": True},
+            {"candidate_labels": ["a", "b"], "use_grounding_head": True},
             ValueError,
             "needs a model with a fitted grounding head",
         ),

@@ -212,3 +212,32 @@ def test_kept_slide_encodings_equal_a_fresh_encoding(ready):
     with torch.no_grad():
         fresh = encodings.model.get_slide_features(**prepared.inputs).slide_embeds[0]
     torch.testing.assert_close(prepared.slide_features.slide_embeds[0], fresh)
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({}, "labels are missing"),
+    ({"labels": None}, "labels are missing"),
+    ({"labels": ["fat"]}, "two or more classes"),
+    ({"labels": [f"class {number}" for number in range(65)]}, "give at most 64"),
+])  # fmt: skip
+def test_bad_zero_shot_requests_are_one_line_json_errors(ready, body, fragment):
+    client, _ = ready
+    answer = client.post("/api/slides/tumour-a/zero-shot", json=body)
+    assert answer.status_code == 400 and fragment in answer.json()["error"], answer.json()
+
+
+def test_a_null_top_k_is_the_default_and_a_failed_slide_says_why_without_being_encoded_again(ready):
+    from pathflip.viewer.encoding import Preparation
+
+    client, encodings = ready
+    layers = client.post("/api/slides/tumour-a/grounding", json={"text": "Fat.", "top_k": None}).json()["layers"]
+    assert len(layers[0]["top_patches"]) == 10
+    kept = encodings._prepared.pop("tumour-a")
+    encodings._status["tumour-a"] = Preparation(state="failed", message="slide 'tumour-a': no mpp in its metadata")
+    try:
+        answer = client.post("/api/slides/tumour-a/grounding", json={"text": "Fat."})
+        assert answer.status_code == 422 and "no mpp in its metadata" in answer.json()["error"]
+        assert encodings.status("tumour-a").state == "failed", "asking again does not queue it again"
+    finally:
+        encodings._prepared["tumour-a"] = kept
+        encodings._status["tumour-a"] = Preparation(state="ready")
