@@ -8,6 +8,8 @@ import functools
 import json
 from pathlib import Path
 
+from modeling_pathflip.pipeline_options_pathflip import OPTION_CHECKS
+
 from ..files import write_text
 from .options import (
     check_replaceable_output,
@@ -39,6 +41,7 @@ def command_classify(args: argparse.Namespace) -> int:
     """Zero-shot slide classification: one JSON line per slide with the ranked labels."""
     _check_json_output(args)
     _check_slide_options(args, args.inputs)
+    OPTION_CHECKS["candidate_labels"]("--labels", args.labels)  # the pipeline's rules, named as the command spells it
     classifier = _pipeline("zero-shot-slide-classification", args)
     templates = {"hypothesis_template": args.template} if args.template else {}
 
