@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -129,7 +130,7 @@ def find_slides(inputs: Sequence[str | Path]) -> list[Path]:
             slides.append(item)
     stems: dict[str, Path] = {}
     for slide in slides:
-        if slide.stem in stems and stems[slide.stem].resolve() != slide.resolve():
+        if slide.stem in stems and os.path.realpath(stems[slide.stem]) != os.path.realpath(slide):
             raise ValueError(f"two slides share the id {slide.stem!r}: {stems[slide.stem]} and {slide}; rename one.")
         stems.setdefault(slide.stem, slide)
     return list(stems.values())  # a slide named twice (a file and its folder, a repeated path) is read once

@@ -158,8 +158,11 @@ class SlideLibrary:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    """Whether ``path``, with every symbolic link followed, lies under ``root``."""
-    return path.resolve().is_relative_to(root)
+    """Whether ``path``, with every symbolic link followed, lies under ``root`` (a link loop does not)."""
+    try:
+        return path.resolve(strict=True).is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop or a dangling link: skipped, and listed as such
+        return False
 
 
 def _jpeg(image, quality: int) -> bytes:

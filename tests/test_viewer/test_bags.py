@@ -93,3 +93,15 @@ def test_a_pathflip2_model_serves_every_panel(tmp_path, extracted, lesion_slides
         assert client.post("/api/slides/tumour-a/zero-shot", json={"labels": ["fat", "tumour"]}).status_code == 200
         assert client.post("/api/search", json={"text": "fat."}).json()["indexed"] >= 1
     encodings.close()
+
+
+def test_a_symlink_loop_in_the_slides_folder_is_skipped(tmp_path, slide_factory):
+    import shutil
+
+    from pathflip.viewer.library import SlideLibrary
+
+    shutil.copy(slide_factory("loop-neighbour"), tmp_path / "kept.tiff")
+    (tmp_path / "a.svs").symlink_to(tmp_path / "b.svs")
+    (tmp_path / "b.svs").symlink_to(tmp_path / "a.svs")
+    library = SlideLibrary(tmp_path)
+    assert sorted(library.slides) == ["kept"] and sorted(path.name for path in library.skipped) == ["a.svs", "b.svs"]
