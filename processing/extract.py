@@ -168,6 +168,17 @@ def tile_file(path: Path, options: ExtractionOptions, *, mpp: float | None = Non
     return tiling
 
 
+def check_has_patches(tiling: Tiling, options: TilingOptions) -> None:
+    """Refuse a slide where no patch holds enough tissue, saying how much of it differs from glass."""
+    if len(tiling.coords) == 0:
+        seen = tiling.quality.get("non_glass_fraction", 0.0)
+        raise SlideError(
+            f"slide {tiling.slide_id!r}: no tissue found (no patch reaches min_tissue_fraction="
+            f"{options.min_tissue_fraction}; {seen:.1%} of the slide differs from glass); check "
+            f"tissue/{safe_name(tiling.slide_id)}.png, or lower --min-tissue or --tissue-threshold."
+        )
+
+
 def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, device: torch.device, *,
                  mpp: float | None = None, slide_id: str | None = None,
                  progress: Callable[[int, int], None] | None = None,
@@ -179,13 +190,7 @@ def encode_slide(path: Path, encoder: PatchEncoder, options: ExtractionOptions, 
     """
     mpp = mpp or options.mpp
     tiling = tiling or tile_file(path, options, mpp=mpp, slide_id=slide_id)
-    if len(tiling.coords) == 0:
-        seen = tiling.quality.get("non_glass_fraction", 0.0)
-        raise SlideError(
-            f"slide {tiling.slide_id!r}: no tissue found (no patch reaches min_tissue_fraction="
-            f"{options.tiling.min_tissue_fraction}; {seen:.1%} of the slide differs from glass); check "
-            f"tissue/{safe_name(tiling.slide_id)}.png, or lower --min-tissue or --tissue-threshold."
-        )
+    check_has_patches(tiling, options.tiling)
     dataset = PatchReadDataset(path, tiling, encoder, mpp)
     loader = DataLoader(
         dataset,
@@ -348,7 +353,7 @@ def run_extraction(
             report.failed[spec.name] = str(error)
         except Exception as error:  # one bad slide must not stop the cohort
             logger.debug(traceback.format_exc())
-            report.failed[spec.name] = f"slide {spec.name!r}: {type(error).__name__}: {error}"
+            report.failed[spec.name] = f"slide {spec.name!r}: {_one_line(error)}; the file may be damaged"
     report = _merge_reports(state, report)
     report.processes, report.is_main_process = state.num_processes, state.is_main_process
     if state.is_main_process:
@@ -361,6 +366,15 @@ def run_extraction(
             write_text(output / "report.json", json.dumps(asdict(report), indent=2) + "\n")
     state.wait_for_everyone()
     return report
+
+
+def _one_line(error: Exception) -> str:
+    """An error in one line: a reader worker's error arrives wrapped with its whole traceback, whose last line is
+    the error itself."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if "Original Traceback" in str(error) and lines:
+        return lines[-1]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _record_tissue(report: ExtractionReport, tiling: Tiling, output: Path) -> None:

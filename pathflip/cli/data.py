@@ -46,7 +46,7 @@ def _tiling_options(args: argparse.Namespace) -> TilingOptions:
 
 def command_tile(args: argparse.Namespace) -> int:
     """Tile slides: tissue overlays and patch coordinates, without features."""
-    from ..processing.extract import find_slides
+    from ..processing.extract import check_has_patches, find_slides
     from ..processing.reader import SlideError, SlideReader
     from ..processing.tiler import tile_slide
     from ..processing.tissue import save_overlay
@@ -62,6 +62,11 @@ def command_tile(args: argparse.Namespace) -> int:
         name = safe_name(tiling.slide_id)
         save_overlay(tiling.thumbnail, tiling.mask, output / "tissue" / f"{name}.png", kept=tiling.kept,
                      non_glass=tiling.non_glass)  # fmt: skip
+        try:
+            check_has_patches(tiling, options)
+        except SlideError as error:  # its overlay shows what the detector saw
+            failures[path.stem] = str(error)
+            continue
         record = {
             "slide_id": tiling.slide_id,
             "patch_size_level0": tiling.patch_size_level0,

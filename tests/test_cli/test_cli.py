@@ -43,6 +43,13 @@ def test_tile_says_what_its_tissue_detector_left_out(tmp_path, capsys):
     assert after["tissue"]["warnings"] == [] and before["tissue"]["warnings"]
 
 
+def test_tile_reports_a_slide_without_tissue_as_extract_does(tmp_path, slide_factory, capsys):
+    blank = slide_factory("cli-blank", tissue=False)
+    assert main(["tile", str(blank), "-o", str(tmp_path)]) == 1
+    assert "FAILED slide 'cli-blank': no tissue found" in capsys.readouterr().err
+    assert (tmp_path / "tissue" / "cli-blank.png").exists(), "the overlay shows what the detector saw"
+
+
 def test_tile_reports_a_slide_without_mpp_and_exits_nonzero(tmp_path, slide_factory, capsys):
     slide = slide_factory("cli-no-mpp", layout="aperio", mpp=None)
     assert main(["tile", str(slide), "-o", str(tmp_path)]) == 1

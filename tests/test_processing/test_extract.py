@@ -205,3 +205,12 @@ def test_a_slide_named_twice_is_read_once(tmp_path):
     (tmp_path / "b.svs").write_bytes(b"")
     assert find_slides([tmp_path / "a.svs", str(tmp_path / "a.svs"), tmp_path]) == [tmp_path / "a.svs",
                                                                                      tmp_path / "b.svs"]  # fmt: skip
+
+
+def test_a_reader_workers_error_is_one_line():
+    from pathflip.processing.extract import _one_line
+
+    wrapped = RuntimeError("Caught OpenSlideError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 1\nopenslide.lowlevel.OpenSlideError: Not a JPEG file\n")
+    assert _one_line(wrapped) == "openslide.lowlevel.OpenSlideError: Not a JPEG file"
+    assert _one_line(ValueError("bad\nmore")) == "ValueError: bad"
