@@ -29,10 +29,17 @@ DEFAULT_TEMPLATES = ("{}.", "an H&E image of {}.", "a whole slide image showing 
 INPUT_LOADER_GROUP = "pathflip.input_loaders"
 DEFAULT_INPUT_LOADER = "files"
 _INPUT_LOADERS: dict[str, Any] = {}
+INPUT_LOADER_METHODS = ("load_bags", "slide_canvas", "write_grounding")
 
 
 def register_input_loader(name: str, loader: Any) -> None:
     """Make ``loader`` the input loader that ``input_loader=name`` (or, for ``"files"``, the default) selects."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"an input loader's name must be a non-empty text, got {name!r}.")
+    missing = [method for method in INPUT_LOADER_METHODS if not callable(getattr(loader, method, None))]
+    if missing:
+        raise ValueError(f"input loader {name!r} ({type(loader).__name__}) lacks {missing}; it needs "
+                         f"{list(INPUT_LOADER_METHODS)} (see this module's docstring).")  # fmt: skip
     _INPUT_LOADERS[name] = loader
 
 
@@ -48,6 +55,9 @@ def find_input_loader(name: str = DEFAULT_INPUT_LOADER) -> Any:
         except ImportError:  # e.g. a Hub user whose environment hides the package
             break
         return _INPUT_LOADERS[name]
+    if name != DEFAULT_INPUT_LOADER:
+        raise ValueError(f"no input loader named {name!r}; registered: {sorted(_INPUT_LOADERS)} (register_input_loader "
+                         "adds one).")  # fmt: skip
     raise ImportError(
         f"no input loader named {name!r}: reading files and slides needs the pathflip package (pip install pathflip), "
         "or pass the bag as a dict with features, coords and patch_size_level0."

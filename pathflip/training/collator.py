@@ -27,6 +27,11 @@ class PathFLIPCollator:
 
     def __init__(self, processor, *, max_regions: int | None = None, max_patches: int | None = None,
                  training: bool = True, caption_prompt: str = DEFAULT_INSTRUCTION):  # fmt: skip
+        if not callable(getattr(processor, "layout", None)):
+            raise ValueError(f"PathFLIPCollator needs the model's processor, got {type(processor).__name__}.")
+        for name, value in (("max_regions", max_regions), ("max_patches", max_patches)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"PathFLIPCollator {name} must be None (all) or a whole number >= 1, got {value!r}.")
         self.processor = processor
         self.generation = isinstance(processor, PathFLIPGenerationProcessor)
         self.max_regions = processor.max_visual_tokens - 1 if self.generation else max_regions

@@ -252,3 +252,14 @@ def test_retrieval_ranks_slides_for_a_text_and_texts_for_a_slide(tmp_path, pipe,
     faiss_hits = retriever("dense tumour nuclei", index=faiss_index, top_k=3)
     assert [hit["slide_id"] for hit in faiss_hits] == [hit["slide_id"] for hit in hits]
     assert [hit["score"] for hit in faiss_hits] == pytest.approx([hit["score"] for hit in hits], abs=1e-5)
+
+
+def test_an_input_loader_is_checked_when_registered_and_an_unknown_name_lists_the_known():
+    from modeling_pathflip.pipeline_pathflip import find_input_loader, register_input_loader
+
+    with pytest.raises(ValueError, match=r"input loader 'mine' \(object\) lacks \['load_bags', 'slide_canvas'"):
+        register_input_loader("mine", object())
+    with pytest.raises(ValueError, match=r"an input loader's name must be a non-empty text, got 5"):
+        register_input_loader(5, object())
+    with pytest.raises(ValueError, match=r"no input loader named 'nosuch'; registered: \["):
+        find_input_loader("nosuch")

@@ -1,5 +1,6 @@
 """The training collator: per-epoch draws that a resumed run repeats, and the processor's path for evaluation."""
 
+import pytest
 import torch
 
 from pathflip.training.collator import PathFLIPCollator
@@ -54,3 +55,17 @@ def test_llm_stage_records_become_prompts_targets_and_capped_regions(generation_
                for row in batch["labels"]]  # fmt: skip
     assert targets[0] == rows[0]["caption"] and targets[1] == "no (B)"
     assert _equal(batch, collator(rows))
+
+
+@pytest.mark.parametrize(
+    "processor_given, options, message",
+    [
+        (True, {"max_regions": 0}, r"max_regions must be None \(all\) or a whole number >= 1, got 0"),
+        (True, {"max_regions": "24"}, r"max_regions must be None .* got '24'"),
+        (True, {"max_patches": -1}, r"max_patches must be None .* got -1"),
+        (False, {}, r"needs the model's processor, got NoneType"),
+    ],
+)
+def test_bad_collator_options_are_named(processor, processor_given, options, message):
+    with pytest.raises(ValueError, match=message):
+        PathFLIPCollator(processor if processor_given else None, **options)
