@@ -11,6 +11,7 @@ import logging
 from importlib import resources
 from typing import Annotated, Any
 
+import fastapi
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -174,14 +175,48 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
 
 
+class BodyTooLargeError(fastapi.HTTPException):
+    """A request body, sent without a length (chunked), grew past `MAX_BODY_BYTES` while it was read (an HTTP error,
+    so that FastAPI's body parsing passes it on instead of calling it a parse error)."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over {MAX_BODY_BYTES} bytes; send texts only.")
+
+
+class _CountedBody:
+    """ASGI middleware that counts a body's bytes as the app reads them (a chunked body has no Content-Length)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        read = 0
+
+        async def counted():
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            if read > MAX_BODY_BYTES:
+                raise BodyTooLargeError
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def _guard(app: FastAPI, token: str | None) -> None:
     """Refuse oversized bodies and, with a token, requests without it."""
+    app.add_middleware(_CountedBody)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        if length is not None and not length.isdigit():
+            return JSONResponse({"error": f"Content-Length {length!r} is not a number of bytes."}, 400)
+        if length is not None and int(length) > MAX_BODY_BYTES:
             return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes; send texts only."}, 413)
+
         if token is not None:
             given = _given_token(request)
             if given is None or not hmac.compare_digest(given.encode(), token.encode()):

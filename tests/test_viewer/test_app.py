@@ -197,6 +197,17 @@ def test_bodies_that_are_not_json_or_too_large_are_refused(ready):
     answer = client.post("/api/slides/tumour-a/zero-shot", json={"labels": ["x" * 70_000]})
     assert answer.status_code == 413 and "texts only" in answer.json()["error"]
 
+    def chunked():  # no Content-Length: the body is counted as it is read
+        yield b'{"labels": ["'
+        yield from (b"x" * 1000 for _ in range(70))
+        yield b'"]}'
+
+    json_type = {"content-type": "application/json"}
+    answer = client.post("/api/slides/tumour-a/zero-shot", content=chunked(), headers=json_type)
+    assert answer.status_code == 413 and "texts only" in answer.json()["error"]
+    answer = client.post("/api/search", content=b'{"text": "fat"}', headers={"content-length": "many"})
+    assert answer.status_code == 400 and "Content-Length 'many' is not a number" in answer.json()["error"]
+
 
 def _png_bytes(data_url: str) -> bytes:
     import base64
