@@ -19,6 +19,10 @@ from ..processing.inputs import encode_slide_file
 from .bags import BagSource
 from .library import ServedSlide, SlideLibrary
 
+# The reader's and tiler's messages name `pathflip extract` options; the viewer takes those settings elsewhere.
+SERVE_HINT = (" (in the viewer: an mpp goes in a cohort table's mpp column given as --slides; other tiling options "
+              "through pathflip extract, whose output --bags serves)")
+
 
 class NotReadyError(RuntimeError):
     """The slide is not prepared yet (its status says how far it is)."""
@@ -143,7 +147,9 @@ class SlideEncodings:
         try:
             prepared = self._encode(slide, status)
         except Exception as error:  # reported through the slide's status; the server goes on
-            status.state, status.message = "failed", f"slide {slide.slide_id!r}: {error}"
+            name = f"slide {slide.slide_id!r}"
+            named = str(error) if str(error).startswith(name) else f"{name}: {error}"
+            status.state, status.message = "failed", named + SERVE_HINT
             return
         with self._lock:
             self._prepared[key] = prepared

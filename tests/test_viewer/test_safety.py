@@ -107,6 +107,9 @@ def test_a_slide_that_cannot_be_encoded_reports_why(tmp_path, lesion_model_dir, 
             encodings.wait("broken", timeout=60)
         status = client.get("/api/slides/broken/status").json()
         assert status["state"] == "failed" and "broken" in status["message"]
+        assert status["message"].count("slide 'broken'") == 1 and "(in the viewer: " in status["message"]
+        answer = client.post("/api/slides/broken/grounding", json={"text": "Fat."})
+        assert answer.status_code == 422 and answer.json()["error"].startswith("slide 'broken'")
         answer = client.get("/api/slides/broken/image.dzi")
         assert answer.status_code == 400 and "cannot be read" in answer.json()["error"]
     encodings.close()
