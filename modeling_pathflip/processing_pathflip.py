@@ -337,7 +337,9 @@ class PathFLIPProcessor(ProcessorMixin):
         if bags is None:
             if text is None:
                 raise ValueError("Give bags, text or both.")
-            return BatchFeature(self._tokenize(text, self.caption_max_length))
+            encoded = self._tokenize(text, self.caption_max_length)
+            self._warn_if_cut([text] if isinstance(text, str) else list(text), encoded["attention_mask"])
+            return BatchFeature(encoded)
         bags = [bags] if isinstance(bags, Mapping) else list(bags)
         if not bags:
             raise ValueError("Got an empty list of bags.")
@@ -362,6 +364,13 @@ class PathFLIPProcessor(ProcessorMixin):
             return_tensors="pt",
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def _warn_if_cut(self, texts: list[str], attention_mask: torch.Tensor) -> None:
+        """Say when a text (a label, a sentence, a query) was cut to the text tower's limit: two texts that differ only
+        after the cut would read the same."""
+        for text, used in zip(texts, attention_mask.sum(-1).tolist(), strict=True):
+            if used == self.caption_max_length and _longer_than(self.tokenizer, text, self.caption_max_length):
+                logger.warning("text %r... cut at %d tokens, the text tower's limit.", text[:60], used)
 
     @staticmethod
     def _captions(bags: list, text: str | Sequence[str] | None) -> list:

@@ -56,14 +56,16 @@ def run_checks() -> int:
 
 
 def _writable(name: str, folder: Path) -> bool:
+    """Whether ``folder`` (or, when it does not exist yet, the folder it would be made in) takes files; a check
+    creates nothing."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
+        with tempfile.NamedTemporaryFile(dir=existing):
             pass
     except OSError as error:
         print(f"{name:<18}{folder} not writable ({error})  <- set {name} to a writable folder")
         return False
-    print(f"{name:<18}{folder} (writable)")
+    print(f"{name:<18}{folder} (writable{'' if existing == folder else ', made on first use'})")
     return True
 
 

@@ -16,6 +16,14 @@ def test_doctor_reports_openslide_and_succeeds(capsys):
     assert "OpenSlide" in out and "torch" in out and "all good" in out
 
 
+def test_doctor_checks_a_cache_folder_without_making_it(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "not-yet" / "hf"))
+    assert main(["doctor"]) == 0
+    assert "made on first use" in capsys.readouterr().out and not (tmp_path / "not-yet").exists()
+
+
 def test_tile_writes_coords_and_overlays(tmp_path, slide_factory, capsys):
     slide = slide_factory("cli-tile")
     assert main(["tile", str(slide), "-o", str(tmp_path)]) == 0

@@ -160,3 +160,14 @@ def test_bad_processor_options_are_named_when_it_is_made(tokenizer, options, mes
 def test_bad_call_arguments_are_named(processor, bag_factory, call, message):
     with pytest.raises(ValueError, match=message):
         processor(bag_factory(0, 10), **call)
+
+
+def test_a_text_cut_to_the_text_towers_limit_is_said(processor):
+    from transformers.testing_utils import CaptureLogger
+
+    from modeling_pathflip import processing_pathflip
+
+    long_text = "Fibrous stroma with " + " ".join(["scattered lymphocytes"] * 400) + " and necrosis."
+    with CaptureLogger(processing_pathflip.logger) as captured:
+        processor(text=["Fat.", long_text])
+    assert "cut at" in captured.out and "Fibrous stroma with" in captured.out and "'Fat.'" not in captured.out
