@@ -38,7 +38,8 @@ def iter_bags(
 
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
-            raise ValueError(f"{path} holds several splits ({list(loaded)}); pass the split's folder or its rows.")
+            raise ValueError(f"{path} holds several splits ({list(loaded)}); give one split's folder, e.g. "
+                             f"{path / next(iter(loaded))}.")  # fmt: skip
         yield from loaded.with_format("numpy")
         return
     suffix = path.suffix.lower()

@@ -30,7 +30,8 @@ class SlideReader:
         self.path = Path(path)
         self.slide_id = self.path.stem
         if not self.path.exists():
-            raise SlideError(f"slide {self.slide_id!r}: {self.path} does not exist; check the path.")
+            why = "is a link that leads nowhere (or in a loop)" if self.path.is_symlink() else "does not exist"
+            raise SlideError(f"slide {self.slide_id!r}: {self.path} {why}; check the path.")
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideError as error:

@@ -122,6 +122,9 @@ def _input_cases(tmp, model_dir, bag_file):
     RUN = ["--dataset_name_or_path", tmp / "empty", "--output_dir", tmp / "run", "--do_train"]  # noqa: N806
     (tmp / "empty").mkdir(exist_ok=True)
     (tmp / "not-a-model").mkdir(exist_ok=True)
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"x": [1]})}).save_to_disk(str(tmp / "with-splits"))
     (tmp / "a-bert").mkdir(exist_ok=True)
     (tmp / "a-bert" / "config.json").write_text('{"model_type": "bert"}')
     (tmp / "no-weights").mkdir(exist_ok=True)
@@ -144,6 +147,8 @@ def _input_cases(tmp, model_dir, bag_file):
         (["classify", model_dir, tmp / "absent.h5", "--labels", "a"], 2, r"absent.h5. does not exist"),
         (["classify", model_dir, tmp / "table.csv", "--labels", "a", "b"], 2, r"unknown input type '.csv'"),
         (["classify", model_dir, bag_file, "--labels", "a"], 2, r"--labels needs two or more classes"),
+        (["classify", model_dir, tmp / "with-splits", "--labels", "a", "b"], 2,
+         r"with-splits holds several splits \(\['train'\]\); give one split's folder, e.g. .*with-splits/train"),
         (["classify", model_dir, bag_file, "--labels", "a", "a"], 2, r"--labels repeats \['a'\]"),
         (["classify", model_dir, bag_file, "--labels", "a", "b", "--template", "no placeholder"], 2,
          r"hypothesis_template needs one '\{\}'"),

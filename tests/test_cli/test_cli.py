@@ -51,6 +51,12 @@ def test_tile_says_what_its_tissue_detector_left_out(tmp_path, capsys):
     assert after["tissue"]["warnings"] == [] and before["tissue"]["warnings"]
 
 
+def test_tile_names_a_link_that_leads_nowhere(tmp_path, capsys):
+    (tmp_path / "gone.svs").symlink_to(tmp_path / "moved-away.svs")
+    assert main(["tile", str(tmp_path / "gone.svs"), "-o", str(tmp_path / "out")]) == 1
+    assert "gone.svs is a link that leads nowhere (or in a loop)" in capsys.readouterr().err
+
+
 def test_tile_reports_a_slide_without_tissue_as_extract_does(tmp_path, slide_factory, capsys):
     blank = slide_factory("cli-blank", tissue=False)
     assert main(["tile", str(blank), "-o", str(tmp_path)]) == 1
