@@ -98,10 +98,9 @@ def _check_retrieve_mode(args: argparse.Namespace) -> None:
         raise ValueError("give --index DATASET with --query TEXT (repeatable), or --slide INPUT with --text.")
     elif args.text:
         raise ValueError("--text gives candidates for --slide; with --index, search with --query.")
-    for option in ("query", "text"):
-        texts = getattr(args, option) or []
-        if len(set(texts)) != len(texts):
-            raise ValueError(f"--{option} repeats {sorted({t for t in texts if texts.count(t) > 1})}; give each once.")
+    for option in ("query", "text"):  # the pipeline's rule for a list of texts, named as the command spells it
+        if getattr(args, option):
+            OPTION_CHECKS["candidate_texts"](f"--{option}", getattr(args, option))
 
 
 def _search_index(args: argparse.Namespace, retriever):

@@ -158,8 +158,8 @@ def check_run(model_args: ModelArguments, data_args: DataArguments, args: Traini
     if not args.do_train:
         return
     output = Path(args.output_dir).expanduser().resolve()
-    for option in ("dataset_name_or_path", "model_name_or_path"):
-        source = getattr(data_args if option.startswith("dataset") else model_args, option)
+    for option, source in (("dataset_name_or_path", data_args.dataset_name_or_path),
+                           ("model_name_or_path", model_args.model_name_or_path)):  # fmt: skip
         if source and Path(source).expanduser().exists():
             found = Path(source).expanduser().resolve()
             if output == found or found in output.parents:
